@@ -1,0 +1,198 @@
+"""Time trajlib.gram against the baselines of DESIGN §7 on one run, and print ratios.
+
+    python benchmarks/gram_bench.py [--T 64] [--P 4000000] [--run DIR]
+
+Builds a run on disk with ``Recorder`` (T checkpoints of P float32 parameters, about
+T·P·4 bytes), then, each method in its own subprocess (so peak memory is its own), best of
+three with a warm page cache:
+
+* trajlib.gram, the default pass (map, relative map, update map and bands, float64);
+* (a) stack all checkpoints + ``sklearn.metrics.pairwise.cosine_similarity`` (the map only);
+* (b) the naive loop: load two checkpoints, ``cosine_similarity``, for every pair (timed on
+  the pairs among the first ``--naive-T`` checkpoints and scaled to all pairs);
+* (c) one plain read of every byte (the streaming bound).
+
+Accuracy is the largest absolute error of the trajectory map against a float64 dense oracle
+(for trajlib also the relative and update maps and the norms). No wall-clock bound is asserted
+anywhere; this script prints what it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hwm_mb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss, not inherited over exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_run(run: Path, T: int, P: int) -> None:
+    import torch
+
+    import trajlib
+
+    if (run / "manifest.json").exists() and trajlib.open_trajectory(run).T == T:
+        return
+    torch.manual_seed(0)
+    width = 1024
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(max(1, P // width**2))])
+    drift = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
+    with torch.no_grad(), trajlib.Recorder(model, run, every=1, max_pending=4) as rec:
+        for step in range(1, T):
+            scale = 0.97**step  # shrinking steps: late updates are ~0.1% of the first
+            for p, d in zip(model.parameters(), drift):
+                p.add_(scale * (d + 5e-3 * torch.randn_like(p)))
+            rec.step(step)
+
+
+def files(run: Path) -> list[Path]:
+    manifest = json.loads((run / "manifest.json").read_text())
+    return [run / c["file"] for c in manifest["checkpoints"]]
+
+
+def load_flat(path: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return np.concatenate([v.ravel() for v in load_file(path).values()])
+
+
+def method_trajlib(run: Path, args) -> dict:
+    import trajlib
+    from trajlib import hallmarks as H
+
+    traj = trajlib.open_trajectory(run)
+    st = trajlib.gram(traj, cache=False, progress=False, block_bytes=args.block_bytes)
+    G = st["all"]
+    return {"map": H.trajectory_map(G), "relative": H.relative_map(G), "update": H.update_map(G),
+            "param_norm": H.param_norm(G), "step_norm": H.step_norm(G)}
+
+
+def method_sklearn(run: Path, args) -> dict:
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    X = np.stack([load_flat(f) for f in files(run)])
+    return {"map": cosine_similarity(X)}
+
+
+def method_naive(run: Path, args) -> dict:
+    import torch
+
+    fs = files(run)[: args.naive_T]
+    C = np.eye(len(fs))
+    for i in range(len(fs)):
+        for j in range(i + 1, len(fs)):
+            a, b = torch.from_numpy(load_flat(fs[i])), torch.from_numpy(load_flat(fs[j]))
+            C[i, j] = C[j, i] = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    return {"map": C}
+
+
+def method_read(run: Path, args) -> dict:
+    buf = None
+    for f in files(run):
+        size = f.stat().st_size
+        if buf is None or len(buf) < size:
+            buf = bytearray(size)
+        with open(f, "rb", buffering=0) as fh:
+            fh.readinto(buf)
+    return {}
+
+
+METHODS = {"trajlib": method_trajlib, "sklearn": method_sklearn, "naive": method_naive, "read": method_read}
+
+
+def child(args) -> None:
+    fn = METHODS[args.method]
+    run = Path(args.run)
+    fn(run, args)  # warm-up: page cache, imports, allocator
+    base = rss_mb()
+    best, out = float("inf"), None
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        out = fn(run, args)
+        best = min(best, time.perf_counter() - t0)
+    peak = hwm_mb()
+    np.savez(args.out, **out)
+    print(json.dumps({"seconds": best, "peak_mb": peak - base}))
+
+
+def oracle(run: Path) -> dict:
+    """Dense float64 reference: stack in float64, products in float64."""
+    X = np.stack([load_flat(f).astype(np.float64) for f in files(run)])
+    def cos(M):
+        d = np.sqrt(np.diag(M))
+        return M / np.outer(d, d)
+    D = X[1:] - X[0]
+    U = X[1:] - X[:-1]
+    return {"map": cos(X @ X.T), "relative": cos(D @ D.T), "update": cos(U @ U.T),
+            "param_norm": np.linalg.norm(X, axis=1), "step_norm": np.linalg.norm(U, axis=1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--T", type=int, default=64)
+    p.add_argument("--P", type=int, default=4 * 1024**2)
+    p.add_argument("--run", default="/tmp/trajlib-gram-bench")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--naive-T", type=int, default=12)
+    p.add_argument("--block-bytes", type=int, default=8 << 20)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.method:
+        return child(args)
+    run = Path(args.run)
+    build_run(run, args.T, args.P)
+    nbytes = sum(f.stat().st_size for f in files(run))
+    print(f"run: {run}  T={args.T}  P={args.P:,}  {nbytes / 1e9:.2f} GB on disk  cores={os.cpu_count()}")
+    ref = oracle(run)
+    results = {}
+    for name in METHODS:
+        out = f"/tmp/trajlib-bench-{name}.npz"
+        cmd = [sys.executable, __file__, "--method", name, "--run", str(run), "--out", out,
+               "--repeat", str(args.repeat if name != "naive" else 1), "--naive-T", str(args.naive_T),
+               "--block-bytes", str(args.block_bytes)]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        got = dict(np.load(out))
+        err = {}
+        for k, v in got.items():
+            r = ref[k][: len(v), : len(v)] if k == "map" and v.ndim == 2 else ref[k]
+            err[k] = float(np.max(np.abs(v - r) / (np.abs(r) if "norm" in k else 1)))
+        if name == "naive":
+            pairs_done = args.naive_T * (args.naive_T - 1) / 2
+            res["seconds"] *= args.T * (args.T - 1) / 2 / pairs_done
+            res["note"] = f"timed on {pairs_done:.0f} pairs, scaled to {args.T * (args.T - 1) // 2}"
+        results[name] = dict(res, errors=err)
+    t = results["trajlib"]["seconds"]
+    print(f"{'method':10s} {'seconds':>9s} {'GB/s':>6s} {'vs trajlib':>10s} {'peak MB':>8s} {'peak/run':>8s}  max error vs fp64")
+    for name, r in results.items():
+        gbs = nbytes / r["seconds"] / 1e9
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in r["errors"].items()) or "-"
+        print(f"{name:10s} {r['seconds']:9.3f} {gbs:6.2f} {r['seconds'] / t:9.1f}x {r['peak_mb']:8.0f} "
+              f"{r['peak_mb'] * 1e6 / nbytes:8.1%}  {errs}  {r.get('note', '')}")
+    print(f"trajlib vs (a) sklearn: {results['sklearn']['seconds'] / t:.2f}x faster; vs (b) naive: "
+          f"{results['naive']['seconds'] / t:.1f}x; reads at {results['read']['seconds'] / t:.0%} of the plain-read rate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Readers for one checkpoint on disk: safetensors, sharded safetensors, and ``pytorch_model.bin``.
+
+Every reader exposes the same small interface (:class:`CheckpointReader`): ordered tensor names,
+shapes, dtypes, and ``read(name, start, stop, out)``, which copies a flat element range of a
+tensor into a caller-owned buffer. Safetensors files are parsed directly (8-byte header length,
+JSON header, raw data) and read with ``os.preadv``, so streaming a slice never maps or copies the
+whole file and the resident memory of a Gram pass stays at its block buffers. ``.bin`` files load
+only through ``torch.load(weights_only=True)``: nothing here unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import TrajectoryError
+
+# safetensors dtype code -> (numpy storage dtype, itemsize). BF16 is held as its uint16 bit
+# pattern (numpy has no bfloat16); conversion to float happens in torch.
+ST_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+_TORCH_TO_CODE = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16",
+    "torch.bfloat16": "BF16", "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16",
+    "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL",
+}
+_MAX_HEADER = 100 * 2**20
+
+
+def dtype_code(torch_dtype) -> str:
+    """The safetensors code ("F32", "BF16", ...) of a torch dtype."""
+    try:
+        return _TORCH_TO_CODE[str(torch_dtype)]
+    except KeyError:
+        raise TrajectoryError(f"unsupported tensor dtype {torch_dtype}") from None
+
+
+class CheckpointReader:
+    """Interface of one checkpoint: ``names`` (ordered), ``shapes``, ``dtypes`` (safetensors codes)."""
+
+    path: Path
+    names: list[str]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy flat elements ``[start, stop)`` of tensor ``name`` into ``out`` (storage dtype)."""
+        raise NotImplementedError
+
+    def file_of(self, name: str) -> Path:
+        return self.path
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The whole tensor as a numpy array of its storage dtype, in its shape."""
+        shape = self.shapes[name]
+        out = np.empty(int(np.prod(shape, dtype=np.int64)), ST_DTYPES[self.dtypes[name]])
+        self.read(name, 0, out.size, out)
+        return out.reshape(shape)
+
+    def content_sha256(self) -> str:
+        """sha256 over the tensor bytes in name order: equal weights give equal digests."""
+        h = hashlib.sha256()
+        for name in self.names:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.tensor(name)).tobytes())
+        return h.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+
+class SafetensorsFile(CheckpointReader):
+    """One ``.safetensors`` file, header validated against the file size on open."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: checkpoint file is missing")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise TrajectoryError(f"{self.path}: truncated ({size} bytes; no safetensors header)")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > min(size - 8, _MAX_HEADER):
+                raise TrajectoryError(
+                    f"{self.path}: corrupt or truncated safetensors header (declares {hlen} bytes, "
+                    f"file has {size})"
+                )
+            try:
+                header = json.loads(f.read(hlen))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise TrajectoryError(f"{self.path}: corrupt safetensors header ({exc})") from exc
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + hlen
+        data_size = size - self.data_start
+        self.shapes, self.dtypes, self.offsets = {}, {}, {}
+        for name, info in header.items():
+            code, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if code not in ST_DTYPES:
+                raise TrajectoryError(f"{self.path}: tensor {name!r} has unknown dtype {code}")
+            expected = int(np.prod(shape, dtype=np.int64)) * ST_DTYPES[code].itemsize
+            if end - begin != expected:
+                raise TrajectoryError(
+                    f"{self.path}: tensor {name!r} spans {end - begin} bytes, its shape {shape} "
+                    f"and dtype {code} need {expected}"
+                )
+            if end > data_size:
+                raise TrajectoryError(
+                    f"{self.path}: truncated: tensor {name!r} ends at byte {self.data_start + end}, "
+                    f"the file has {size}"
+                )
+            self.shapes[name], self.dtypes[name], self.offsets[name] = shape, code, begin
+        self.names = sorted(self.shapes, key=self.offsets.__getitem__)
+        self._fd: int | None = None
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        item = ST_DTYPES[self.dtypes[name]].itemsize
+        nbytes = (stop - start) * item
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], self.data_start + self.offsets[name] + start * item)
+        if got != nbytes:
+            raise TrajectoryError(
+                f"{self.path}: truncated while reading tensor {name!r} (got {got} of {nbytes} bytes)"
+            )
+
+    def data_sha256(self) -> str:
+        """sha256 of the data section (all tensor bytes, file order)."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start)
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
+
+
+class ShardedCheckpoint(CheckpointReader):
+    """A Hugging Face sharded checkpoint: an index JSON whose ``weight_map`` names each tensor's shard."""
+
+    def __init__(self, index_path: str | Path):
+        self.path = Path(index_path)
+        try:
+            weight_map = json.loads(self.path.read_text())["weight_map"]
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise TrajectoryError(f"{self.path}: unreadable shard index ({exc})") from exc
+        self.shards = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = self.path.parent / shard
+            self.shards[shard] = open_file(shard_path)
+        self._where = {}
+        self.names, self.shapes, self.dtypes = [], {}, {}
+        for shard, reader in self.shards.items():
+            for name in reader.names:
+                self._where[name] = reader
+                self.names.append(name)
+                self.shapes[name], self.dtypes[name] = reader.shapes[name], reader.dtypes[name]
+        missing = sorted(set(weight_map) - set(self._where))
+        if missing:
+            raise TrajectoryError(f"{self.path}: index lists tensors no shard holds: {missing[:5]}")
+
+    def read(self, name, start, stop, out):
+        self._where[name].read(name, start, stop, out)
+
+    def file_of(self, name):
+        return self._where[name].path
+
+    def close(self):
+        for reader in self.shards.values():
+            reader.close()
+
+
+class TorchBinFile(CheckpointReader):
+    """A ``pytorch_model.bin`` state dict, loaded with ``torch.load(weights_only=True)`` only."""
+
+    def __init__(self, path: str | Path):
+        import torch
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: checkpoint file is missing")
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            try:  # legacy (non-zip) serialisation cannot be memory-mapped
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise TrajectoryError(f"{self.path}: cannot load as a weights-only state dict ({exc})") from exc
+        except Exception as exc:
+            raise TrajectoryError(f"{self.path}: cannot load as a weights-only state dict ({exc})") from exc
+        if not isinstance(state, dict):
+            raise TrajectoryError(f"{self.path}: holds a {type(state).__name__}, not a state dict")
+        self._tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        self.names = list(self._tensors)
+        self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+        self.dtypes = {k: dtype_code(v.dtype) for k, v in self._tensors.items()}
+
+    def read(self, name, start, stop, out):
+        import torch
+
+        flat = self._tensors[name].reshape(-1)[start:stop]
+        if flat.dtype == torch.bfloat16:
+            flat = flat.view(torch.int16)
+        out[...] = flat.numpy().view(out.dtype)
+
+
+def open_file(path: str | Path) -> CheckpointReader:
+    """A reader for one checkpoint file, by suffix."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return SafetensorsFile(path)
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return TorchBinFile(path)
+    if path.name.endswith(".index.json"):
+        return ShardedCheckpoint(path)
+    raise TrajectoryError(f"{path}: unknown checkpoint format (expected .safetensors, .bin or an index)")
+
+
+HF_FILES = (
+    "model.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+
+
+def open_checkpoint_dir(directory: str | Path) -> CheckpointReader:
+    """A reader for a Hugging Face checkpoint directory, preferring safetensors over ``.bin``."""
+    directory = Path(directory)
+    for fname in HF_FILES:
+        if (directory / fname).exists():
+            return open_file(directory / fname)
+    raise FileNotFoundError(
+        f"{directory}: no checkpoint found (looked for {', '.join(HF_FILES)})"
+    )

@@ -1,0 +1,202 @@
+"""Hallmarks of a trajectory: pure numpy algebra on the small (T, T) Gram of one group.
+
+Input everywhere: G (T, T), float64, the Gram of the rows [θ_0; u_0; ...; u_{T-2}] where
+u_t = θ_{t+1} − θ_t (``trajlib.stats``). Writing b_s = ⟨θ_0, u_s⟩ and U_sr = ⟨u_s, u_r⟩:
+
+* displacements d_t = θ_t − θ_0 = Σ_{s<t} u_s, so ⟨θ_0, d_t⟩ = Σ_{s<t} b_s and
+  D_ij = ⟨d_i, d_j⟩ = Σ_{s<i} Σ_{r<j} U_sr;
+* K_ij = ⟨θ_i, θ_j⟩ = ‖θ_0‖² + ⟨θ_0, d_i⟩ + ⟨θ_0, d_j⟩ + D_ij;
+* ⟨u_t, θ_t⟩ = b_t + Σ_{s<t} U_ts.
+
+Only sums of Gram entries appear: no update quantity is a difference of large Gram entries
+(DESIGN §4). Names are the API and the column names of the tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _check(G: np.ndarray) -> np.ndarray:
+    G = np.asarray(G, dtype=np.float64)
+    if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] < 2:
+        raise ValueError(f"expected a (T, T) Gram with T ≥ 2, got shape {G.shape}")
+    return G
+
+
+def update_gram(G: np.ndarray) -> np.ndarray:
+    """U (T-1, T-1): U_sr = ⟨u_s, u_r⟩."""
+    return _check(G)[1:, 1:]
+
+
+def displacement_gram(G: np.ndarray) -> np.ndarray:
+    """D (T, T): D_ij = ⟨d_i, d_j⟩ with d_0 = 0 (row and column 0 are zero)."""
+    U = update_gram(G)
+    D = np.zeros_like(_check(G))
+    D[1:, 1:] = np.cumsum(np.cumsum(U, axis=0), axis=1)
+    return D
+
+
+def checkpoint_gram(G: np.ndarray) -> np.ndarray:
+    """K (T, T): K_ij = ⟨θ_i, θ_j⟩."""
+    G = _check(G)
+    a = np.concatenate([[0.0], np.cumsum(G[0, 1:])])  # ⟨θ_0, d_t⟩
+    return G[0, 0] + a[:, None] + a[None, :] + displacement_gram(G)
+
+
+def cosine_map(M: np.ndarray) -> np.ndarray:
+    """M_ij / sqrt(M_ii M_jj); NaN where a norm is zero."""
+    d = np.sqrt(np.clip(np.diag(M), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        C = M / np.outer(d, d)
+    C[np.outer(d, d) == 0] = np.nan
+    return np.clip(C, -1.0, 1.0)
+
+
+def trajectory_map(G: np.ndarray) -> np.ndarray:
+    """C (T, T): C_ij = K_ij / sqrt(K_ii K_jj), cosine similarity between checkpoints."""
+    return cosine_map(checkpoint_gram(G))
+
+
+def relative_map(G: np.ndarray) -> np.ndarray:
+    """(T-1, T-1): cosines between displacements d_1..d_{T-1} from θ_0."""
+    return cosine_map(displacement_gram(G)[1:, 1:])
+
+
+def update_map(G: np.ndarray) -> np.ndarray:
+    """(T-1, T-1): cosines between updates u_0..u_{T-2}."""
+    return cosine_map(update_gram(G))
+
+
+def mean_offdiagonal(C: np.ndarray) -> float:
+    """Mean of C_ij over i ≠ j (NaN entries, from zero-norm rows, are skipped)."""
+    off = C[~np.eye(len(C), dtype=bool)]
+    return float(np.nanmean(off)) if np.isfinite(off).any() else float("nan")
+
+
+def similarity_by_lag(C: np.ndarray) -> np.ndarray:
+    """Mean of C_ij over |i − j| = k for k = 1..T-1, (T-1,): how fast similarity decays."""
+    return np.array([np.nanmean(np.diag(C, k)) for k in range(1, len(C))])
+
+
+def mds(G: np.ndarray) -> float:
+    """Mean directional similarity: mean of C_ij over i ≠ j (the convention we report)."""
+    return mean_offdiagonal(trajectory_map(G))
+
+
+def mds_full(G: np.ndarray) -> float:
+    """Mean of C_ij over all i, j, diagonal included: (T-1)/T · mds + 1/T."""
+    return float(np.nanmean(trajectory_map(G)))
+
+
+def relative_mds(G: np.ndarray) -> float:
+    return mean_offdiagonal(relative_map(G))
+
+
+def update_mds(G: np.ndarray) -> float:
+    return mean_offdiagonal(update_map(G))
+
+
+def param_norm(G: np.ndarray) -> np.ndarray:
+    """‖θ_t‖, (T,)."""
+    return np.sqrt(np.clip(np.diag(checkpoint_gram(G)), 0.0, None))
+
+
+def step_norm(G: np.ndarray) -> np.ndarray:
+    """‖u_t‖, (T-1,)."""
+    return np.sqrt(np.clip(np.diag(update_gram(G)), 0.0, None))
+
+
+def distance_from_init(G: np.ndarray) -> np.ndarray:
+    """‖d_t‖ = ‖θ_t − θ_0‖, (T,)."""
+    return np.sqrt(np.clip(np.diag(displacement_gram(G)), 0.0, None))
+
+
+def angle_from_init(G: np.ndarray) -> np.ndarray:
+    """arccos C_{0,t} in degrees, (T,)."""
+    return np.degrees(np.arccos(trajectory_map(G)[0]))
+
+
+def consecutive_update_cos(G: np.ndarray) -> np.ndarray:
+    """cos(u_t, u_{t+1}), (T-2,); negative values mean the trajectory oscillates."""
+    U = update_gram(G)
+    n = np.sqrt(np.diag(U))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(np.diag(U, 1) / (n[:-1] * n[1:]), -1.0, 1.0)
+
+
+def update_param_cos(G: np.ndarray) -> np.ndarray:
+    """cos(u_t, θ_t), (T-1,); negative values mean the step shrinks ‖θ‖ (as weight decay does)."""
+    G = _check(G)
+    U = update_gram(G)
+    u_dot_theta = G[0, 1:] + np.tril(U, -1).sum(axis=1)  # b_t + ⟨u_t, d_t⟩
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(u_dot_theta / (step_norm(G) * param_norm(G)[:-1]), -1.0, 1.0)
+
+
+def path_length(G: np.ndarray) -> float:
+    """Σ_t ‖u_t‖ over recorded checkpoints (a lower bound on the step-level path)."""
+    return float(step_norm(G).sum())
+
+
+def displacement(G: np.ndarray) -> float:
+    """‖d_{T-1}‖ = ‖θ_{T-1} − θ_0‖."""
+    return float(distance_from_init(G)[-1])
+
+
+def straightness(G: np.ndarray) -> float:
+    """displacement / path_length, in (0, 1]; 1 for a straight line."""
+    p = path_length(G)
+    return displacement(G) / p if p > 0 else float("nan")
+
+
+SUMMARY = {
+    "mds": mds, "mds_full": mds_full, "relative_mds": relative_mds, "update_mds": update_mds,
+    "path_length": path_length, "displacement": displacement, "straightness": straightness,
+}
+
+
+def summary(G: np.ndarray) -> dict[str, float]:
+    """Scalar hallmarks of one group (the columns of :func:`hallmarks`)."""
+    G = _check(G)
+    out = {name: fn(G) for name, fn in SUMMARY.items()}
+    cuc = consecutive_update_cos(G)
+    out["mean_consecutive_update_cos"] = float(np.nanmean(cuc)) if len(cuc) else float("nan")
+    out["mean_update_param_cos"] = float(np.nanmean(update_param_cos(G)))
+    out["final_angle_from_init"] = float(angle_from_init(G)[-1])
+    return out
+
+
+def hallmarks(stats, groups=None, *, updates: str = "full") -> pd.DataFrame:
+    """One row per group: n_params and the scalar hallmarks (``updates="band"`` drops update_mds).
+
+    Paper claims compare ``mds`` across runs; notebooks 01–05 and 07 call this.
+    """
+    rows = {}
+    for g in groups or stats.groups:
+        rows[g] = {"n_params": stats.n_params[g], "T": stats.T, **summary(stats[g])}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "group"
+    if updates == "band":
+        df = df.drop(columns=["update_mds"])
+    elif updates != "full":
+        raise ValueError(f"updates={updates!r}: expected 'band' or 'full'")
+    return df
+
+
+def per_checkpoint(stats, group: str = "all") -> pd.DataFrame:
+    """One row per checkpoint: step, epoch, norms, angle and update cosines of one group.
+
+    Update quantities sit on the row of the checkpoint the update leaves (t for u_t).
+    """
+    G = stats[group]
+    T = stats.T
+    pad = lambda x: np.concatenate([x, np.full(T - len(x), np.nan)])  # noqa: E731
+    return pd.DataFrame({
+        "step": stats.steps, "epoch": stats.epochs,
+        "param_norm": param_norm(G), "distance_from_init": distance_from_init(G),
+        "angle_from_init": angle_from_init(G), "step_norm": pad(step_norm(G)),
+        "consecutive_update_cos": pad(consecutive_update_cos(G)),
+        "update_param_cos": pad(update_param_cos(G)),
+    })

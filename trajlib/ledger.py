@@ -1,0 +1,97 @@
+"""The claims ledger: each notebook's claim rows, written as results JSON and rendered as the
+book's front page.
+
+A notebook calls :func:`claim` for each paper claim it tests and :func:`write_results` once;
+``trajlib reproduce`` renders every results file into one Markdown table (:func:`render`):
+claim, the paper's number, ours (± std over seeds), and whether the direction agrees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .manifest import atomic_write
+
+
+def claim(text: str, *, paper: str, ours: float, std: float | None = None, agrees: bool | None,
+          unit: str = "", note: str = "", digits: int = 3) -> dict:
+    """One ledger row. ``agrees``: whether our direction matches the paper's (None: not tested
+    at this preset, e.g. a claim that needs the paper's models). ``ours``/``std`` are numbers;
+    ``digits`` sets how they are shown."""
+    return {"claim": text, "paper": paper, "ours": None if ours is None else float(ours),
+            "std": None if std is None else float(std), "agrees": None if agrees is None else bool(agrees),
+            "unit": unit, "note": note, "digits": digits}
+
+
+def glue_all(**values) -> None:
+    """Glue each value (as a plain Python number or string) for ``{glue:text}`name:.3f``` in prose."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        glue(name, value, display=False)
+
+
+def write_results(name: str, *, title: str, claims: list[dict], values: dict, parameters: dict,
+                  results_dir: str | Path = "results") -> Path:
+    """Write ``results_dir/<name>.json`` atomically: title, preset, parameters, values, claims."""
+    for row in claims:
+        missing = {"claim", "paper", "ours", "agrees"} - set(row)
+        if missing:
+            raise ValueError(f"{name}: claim row lacks {sorted(missing)}; build rows with trajlib.ledger.claim")
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"notebook": name, "title": title, "preset": parameters.get("preset", "ci"),
+           "parameters": parameters, "values": values, "claims": claims}
+    path = out / f"{name}.json"
+    atomic_write(path, json.dumps(doc, indent=1, default=_jsonable).encode())
+    return path
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def read_results(results_dir: str | Path) -> list[dict]:
+    """All results files in ``results_dir``, sorted by notebook name."""
+    files = sorted(Path(results_dir).glob("*.json"))
+    return [json.loads(f.read_text()) for f in files if not f.name.startswith("runtimes")]
+
+
+def _fmt(row: dict) -> str:
+    if row["ours"] is None or (isinstance(row["ours"], float) and math.isnan(row["ours"])):
+        return "—"
+    d = row.get("digits", 3)
+    s = f"{row['ours']:.{d}f}"
+    if row.get("std") is not None:
+        s += f" ± {row['std']:.{d}f}"
+    return s + (f" {row['unit']}" if row.get("unit") else "")
+
+
+AGREES = {True: "**yes**", False: "**no**", None: "not tested"}
+
+
+def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
+    """The ledger as a MyST Markdown table (links point at each notebook's page)."""
+    rows = [r for doc in results for r in doc["claims"]]
+    tested = [r for r in rows if r["agrees"] is not None]
+    agree = sum(r["agrees"] for r in tested)
+    lines = [f"**{agree} of {len(tested)} tested claims agree in direction** "
+             f"({len(rows) - len(tested)} more need the paper preset).", "",
+             "| page | claim | paper | ours | agrees | preset |", "|---|---|---|---|---|---|"]
+    for doc in results:
+        page = f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)"
+        for r in doc["claims"]:
+            note = f" <br><small>{r['note']}</small>" if r.get("note") else ""
+            lines.append(f"| {page} | {r['claim']}{note} | {r['paper']} | {_fmt(r)} | {AGREES[r['agrees']]} "
+                         f"| {doc['preset']} |")
+    if not results:
+        lines.append("| — | no results yet: run `trajlib reproduce` | | | | |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,164 @@
+"""Models: the paper's architectures and the small analogues the embedded presets train.
+
+* :class:`CifarResNet`: He et al.'s CIFAR ResNet with option-A (parameter-free) shortcuts;
+  depth 20, width 16 is ResNet-20 (269,722 parameters, 1,376 of them BatchNorm); small
+  widths and depths on 8×8 digits are the notebooks' analogues (02, 07).
+* :class:`VGG`: VGG-style conv stacks with optional BatchNorm (VGG-16 for CIFAR-10; tiny on digits, 03).
+* :class:`SmallCNN`: the BatchNorm CNN of notebook 01. :class:`MLP`: width sweeps.
+* :func:`tiny_gpt_neox`: a GPT-NeoX built from ``transformers.GPTNeoXConfig`` with Pythia's
+  parameter names (04, 05). :func:`resnet50`: torchvision's, for the ImageNet paper preset.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Three 3×3 conv layers with BatchNorm, global average pooling, a linear head. Input (N, C, H, W)."""
+
+    def __init__(self, width: int = 16, *, in_channels: int = 1, num_classes: int = 10, bn: bool = True):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=not bn), norm(w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=not bn), norm(2 * w), nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=not bn), norm(4 * w), nn.ReLU(),
+        )
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class _ShortcutA(nn.Module):
+    """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, extra: int):
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = _ShortcutA(cout - cin) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016, §4.2): 3 stages of ``blocks`` basic blocks at widths
+    w, 2w, 4w. ``depth = 6·blocks + 2``; ResNet-20 is ``CifarResNet(blocks=3, width=16)``."""
+
+    def __init__(self, *, blocks: int = 3, width: int = 16, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, cin = [], width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            stage_blocks = []
+            for b in range(blocks):
+                stage_blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
+                cin = cout
+            layers.append(nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(4 * width, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
+def resnet20(*, num_classes: int = 10) -> CifarResNet:
+    """ResNet-20 for CIFAR-10 (notebook 07's paper preset)."""
+    return CifarResNet(blocks=3, width=16, in_channels=3, num_classes=num_classes)
+
+
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    """VGG-style: ``cfg`` lists conv widths and "M" (2×2 max-pool); then global pooling and a
+    linear head. ``VGG(VGG16, in_channels=3)`` is VGG-16 for CIFAR-10 (notebook 03)."""
+
+    def __init__(self, cfg=(16, "M", 32, "M", 64, "M"), *, in_channels: int = 1, num_classes: int = 10,
+                 bn: bool = True):
+        super().__init__()
+        layers, cin = [], in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1, bias=not bn)]
+                layers += [nn.BatchNorm2d(v), nn.ReLU()] if bn else [nn.ReLU()]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """``depth`` hidden ReLU layers of ``width`` units on flattened inputs."""
+
+    def __init__(self, width: int = 64, *, depth: int = 2, in_features: int = 64, num_classes: int = 10):
+        super().__init__()
+        dims = [in_features] + [width] * depth
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(nn.Flatten(), *layers, nn.Linear(dims[-1], num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def resnet50(*, num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-50, randomly initialised (notebook 02's paper preset)."""
+    import torchvision
+
+    return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+
+
+def tiny_gpt_neox(*, vocab_size: int, width: int = 64, layers: int = 4, heads: int = 4, context: int = 64,
+                  seed: int = 0) -> nn.Module:
+    """A GPT-NeoX language model with Pythia's layout and parameter names
+    (``gpt_neox.layers.<i>.attention.query_key_value.weight`` fused and interleaved per head).
+    ``width`` must be divisible by ``heads``. Its config dict is ``model.config.to_dict()``."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    if width % heads:
+        raise ValueError(f"width={width} is not divisible by heads={heads}")
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * width, max_position_embeddings=context, rotary_pct=0.25,
+        use_parallel_residual=True, tie_word_embeddings=False, hidden_dropout=0.0, attention_dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(config)
+
+
+def count_parameters(model: nn.Module, *, bn_only: bool = False) -> int:
+    """Trainable-parameter count (tied counted once); ``bn_only`` counts BatchNorm scales and shifts."""
+    if bn_only:
+        return sum(p.numel() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for p in m.parameters(recurse=False))
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,110 @@
+"""Figures: trajectory-map heatmaps, side-by-side map grids with one colour scale, hallmark curves.
+
+Every function takes ``ax=`` (or creates one) and returns what it drew on; colour scale,
+limits and labels are arguments. :func:`style` applies the book's look inside a ``with`` block
+and leaves matplotlib's global state as it found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+MAP_CMAP = "rocket"
+
+
+@contextlib.contextmanager
+def style(font_scale: float = 0.9):
+    """The book's figure style (seaborn ticks, small fonts), restored on exit."""
+    with sns.axes_style("ticks"), sns.plotting_context("notebook", font_scale=font_scale), \
+            plt.rc_context({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": "medium"}):
+        yield
+
+
+def _tick_positions(n: int, max_ticks: int) -> np.ndarray:
+    step = max(1, int(np.ceil(n / max_ticks)))
+    return np.arange(0, n, step)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:g}"
+    return str(v)
+
+
+def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vmin: float | None = None,
+                   vmax: float = 1.0, cmap: str = MAP_CMAP, title: str | None = None,
+                   axis_label: str = "epoch", cbar: bool = True,
+                   cbar_label: str = "cosine similarity", max_ticks: int = 8, cbar_ax=None):
+    """Heatmap of a (T, T) map with checkpoint labels on both axes; returns the Axes.
+
+    ``labels``: one per checkpoint (epochs or steps); ``vmin``/``vmax``: the colour scale
+    (pass the same values to maps compared side by side).
+    """
+    C = np.asarray(C)
+    ax = ax or plt.subplots(figsize=(4.2, 3.6))[1]
+    labels = list(range(len(C))) if labels is None else list(labels)
+    sns.heatmap(C, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, square=True, cbar=cbar, cbar_ax=cbar_ax,
+                cbar_kws={"label": cbar_label} if cbar else None, xticklabels=False, yticklabels=False,
+                rasterized=True)
+    ticks = _tick_positions(len(C), max_ticks)
+    ax.set_xticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
+    ax.set_yticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
+    ax.set_xlabel(f"checkpoint {axis_label}")
+    ax.set_ylabel(f"checkpoint {axis_label}")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def map_grid(maps: Mapping[str, np.ndarray], *, labels: Sequence | Mapping | None = None,
+             ncols: int | None = None, vmin: float | None = None, vmax: float = 1.0,
+             axis_label: str = "epoch", cbar_label: str = "cosine similarity", panel_size: float = 2.6,
+             cmap: str = MAP_CMAP):
+    """Maps side by side on one shared colour scale (one colour bar); returns (fig, axes).
+
+    ``maps``: title → (T, T) map (put the MDS in the title); ``labels``: one sequence for all
+    panels or a mapping title → sequence. ``vmin`` defaults to the smallest value shown.
+    """
+    titles = list(maps)
+    ncols = ncols or min(4, len(titles))
+    nrows = int(np.ceil(len(titles) / ncols))
+    if vmin is None:
+        vmin = float(np.floor(min(np.nanmin(m) for m in maps.values()) * 20) / 20)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols + 0.9, panel_size * nrows + 0.3),
+                             squeeze=False, constrained_layout=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(titles):
+            ax.axis("off")
+            continue
+        lab = labels.get(titles[k]) if isinstance(labels, Mapping) else labels
+        trajectory_map(maps[titles[k]], labels=lab, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap,
+                       title=titles[k], axis_label=axis_label, cbar=False, max_ticks=5)
+        if k % ncols:
+            ax.set_ylabel("")
+        if k < len(titles) - ncols:
+            ax.set_xlabel("")
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(vmin, vmax), cmap=cmap)
+    fig.colorbar(mappable, ax=axes, label=cbar_label, shrink=0.85)
+    return fig, axes
+
+
+def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax=None, label: str | None = None,
+                   xlabel: str = "", ylabel: str = "", logx: bool = False, marker: str = "o", **kwargs):
+    """A hallmark against a swept quantity (epoch, batch size, parameter count), optional ±yerr."""
+    ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
+    x, y = np.asarray(x), np.asarray(y)
+    ax.plot(x, y, marker=marker, label=label, **kwargs)
+    if yerr is not None:
+        yerr = np.asarray(yerr)
+        ax.fill_between(x, y - yerr, y + yerr, alpha=0.2, color=ax.lines[-1].get_color(), linewidth=0)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    sns.despine(ax=ax)
+    return ax

@@ -1,0 +1,174 @@
+"""Run the notebooks through papermill at a preset, then build the book with Jupyter Book 1.
+
+``trajlib reproduce --preset laptop`` executes ``notebooks/*.ipynb`` into ``book/figures/``
+(working directory there, so runs land in ``book/figures/runs`` and results JSON in
+``book/figures/results``), renders the claims ledger from the results, and builds the HTML with
+warnings as errors. Execution inside Jupyter Book is off: papermill already ran every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from .ledger import read_results, render
+from .presets import PRESETS, parameters_for
+
+log = logging.getLogger("trajlib.reproduce")
+
+@dataclass
+class Layout:
+    """Where things are: notebooks and presets in, book sources and outputs out."""
+
+    root: Path = field(default_factory=Path.cwd)
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def presets(self) -> Path:
+        return self.notebooks / "presets.yml"
+
+    @property
+    def book(self) -> Path:
+        return self.root / "book"
+
+    @property
+    def figures(self) -> Path:
+        return self.book / "figures"
+
+    @property
+    def results(self) -> Path:
+        return self.figures / "results"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "_config.yml"
+
+
+def available(layout: Layout) -> dict[str, Path]:
+    """Notebook name (file stem) → source path."""
+    return {p.stem: p for p in sorted(layout.notebooks.glob("*.ipynb"))}
+
+
+def select(layout: Layout, only: list[str] | None) -> dict[str, Path]:
+    """The notebooks named in ``only`` (full names or their number prefix), all if None."""
+    nbs = available(layout)
+    if not only:
+        return nbs
+    chosen = {}
+    for name in only:
+        match = [k for k in nbs if k == name or k.split("-", 1)[0] == name]
+        if not match:
+            raise ValueError(f"unknown notebook {name!r}; valid: {', '.join(nbs)}")
+        chosen[match[0]] = nbs[match[0]]
+    return dict(sorted(chosen.items()))
+
+
+def _collapse_injected(path: Path) -> None:
+    """Show papermill's injected-parameters cell collapsed (a toggle), not as noise."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "parameters" in tags:
+            cell["metadata"]["tags"] = sorted(set(tags) | {"hide-input"})
+    nbformat.write(nb, path)
+
+
+def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool, float, str]:
+    """Execute one notebook; returns (ok, seconds, message naming the failing cell)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    params = parameters_for(source, preset, layout.presets)
+    out = layout.figures / source.name
+    layout.figures.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        papermill.execute_notebook(str(source), str(out), parameters=params, cwd=str(layout.figures),
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+    except PapermillExecutionError as exc:
+        return False, time.time() - t0, (f"{name}: cell {exc.exec_count} failed: {exc.ename}: "
+                                         f"{exc.evalue}".strip())
+    _collapse_injected(out)
+    return True, time.time() - t0, ""
+
+
+def write_ledger(layout: Layout) -> Path:
+    gen = layout.book / "_generated"
+    gen.mkdir(parents=True, exist_ok=True)
+    path = gen / "ledger.md"
+    path.write_text(render(read_results(layout.results)))
+    return path
+
+
+def write_toc(layout: Layout) -> Path:
+    """The book's table of contents without the figure pages whose notebook has not run yet."""
+    toc = yaml.safe_load((layout.book / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part["chapters"] if not c["file"].startswith("figures/")
+                            or (layout.book / f"{c['file']}.ipynb").is_file()]
+    toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+    path = layout.book / "_generated" / "_toc.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    return path
+
+
+def build_book(layout: Layout) -> int:
+    """``jupyter-book build`` with warnings as errors; returns its exit status."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(layout.book), "--config",
+           str(layout.config), "--toc", str(write_toc(layout)), "--path-output", str(layout.book),
+           "-W", "--keep-going", "--all"]
+    log.info("building the book: %s", " ".join(cmd))
+    return subprocess.run(cmd, cwd=layout.root).returncode
+
+
+def _record_runtimes(layout: Layout, preset: str, times: dict[str, float]) -> None:
+    path = layout.results / "runtimes.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    for name, sec in times.items():
+        data.setdefault(name, {})[preset] = round(sec, 1)
+    layout.results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_going: bool = False,
+              build: bool = True, root: str | Path | None = None, echo=print) -> int:
+    """Execute the selected notebooks at ``preset``, then build the book. Returns an exit status
+    (0 only if every notebook ran and the book built)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    layout = Layout(Path(root) if root else Path.cwd())
+    chosen = select(layout, only)
+    failures, times = [], {}
+    for k, (name, source) in enumerate(chosen.items(), 1):
+        echo(f"[{k}/{len(chosen)}] {name} ({preset}) ...")
+        ok, sec, msg = execute(name, source, layout, preset)
+        times[name] = sec
+        echo(f"[{k}/{len(chosen)}] {name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
+        if not ok:
+            failures.append(msg)
+            echo(f"  {msg}")
+            if not keep_going:
+                break
+    _record_runtimes(layout, preset, {n: t for n, t in times.items() if n not in {f.split(':')[0] for f in failures}})
+    write_ledger(layout)
+    status = 1 if failures else 0
+    if failures:
+        echo(f"{len(failures)} notebook(s) failed:\n  " + "\n  ".join(failures))
+    if build and not failures:
+        status = build_book(layout)
+        if status == 0:
+            echo(f"book: {layout.book / '_build' / 'html' / 'intro.html'}")
+    return status
