@@ -58,7 +58,7 @@ def build_run(run: Path, T: int, P: int) -> None:
     width = 1024
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(max(1, P // width**2))])
     drift = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
-    with torch.no_grad(), trajlib.Recorder(model, run, every=1, max_pending=4) as rec:
+    with torch.no_grad(), trajlib.Recorder(model, run, every=1) as rec:
         for step in range(1, T):
             scale = 0.97**step  # shrinking steps: late updates are ~0.1% of the first
             for p, d in zip(model.parameters(), drift):

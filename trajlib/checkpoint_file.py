@@ -82,6 +82,7 @@ class SafetensorsFile(CheckpointReader):
     """One ``.safetensors`` file, header validated against the file size on open."""
 
     def __init__(self, path: str | Path):
+        self._fd: int | None = None
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: checkpoint file is missing")
@@ -121,7 +122,6 @@ class SafetensorsFile(CheckpointReader):
                 )
             self.shapes[name], self.dtypes[name], self.offsets[name] = shape, code, begin
         self.names = sorted(self.shapes, key=self.offsets.__getitem__)
-        self._fd: int | None = None
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
         if self._fd is None:

@@ -295,6 +295,7 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
 
         dist.all_reduce(Gs)
     Gs = Gs.cpu().numpy()
+    Gs = 0.5 * (Gs + Gs.transpose(0, 2, 1))  # exactly symmetric whatever the product's rounding
     _raise_if_nonfinite(traj, plan, Gs)
     grams = {}
     for gi, gname in enumerate(plan.groups):

@@ -34,7 +34,8 @@ def displacement_gram(G: np.ndarray) -> np.ndarray:
     """D (T, T): D_ij = ⟨d_i, d_j⟩ with d_0 = 0 (row and column 0 are zero)."""
     U = update_gram(G)
     D = np.zeros_like(_check(G))
-    D[1:, 1:] = np.cumsum(np.cumsum(U, axis=0), axis=1)
+    S = np.cumsum(np.cumsum(U, axis=0), axis=1)
+    D[1:, 1:] = 0.5 * (S + S.T)  # the two summation orders differ in the last bit
     return D
 
 
@@ -42,7 +43,7 @@ def checkpoint_gram(G: np.ndarray) -> np.ndarray:
     """K (T, T): K_ij = ⟨θ_i, θ_j⟩."""
     G = _check(G)
     a = np.concatenate([[0.0], np.cumsum(G[0, 1:])])  # ⟨θ_0, d_t⟩
-    return G[0, 0] + a[:, None] + a[None, :] + displacement_gram(G)
+    return G[0, 0] + (a[:, None] + a[None, :]) + displacement_gram(G)  # grouped so K is exactly symmetric
 
 
 def cosine_map(M: np.ndarray) -> np.ndarray:

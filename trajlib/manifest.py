@@ -24,8 +24,12 @@ class TrajectoryError(ValueError):
     """Invalid or inconsistent trajectory data; the message names the file, tensor or step."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix.
+
+    ``sync_dir=False`` leaves the directory sync (which makes the rename durable) to the caller,
+    who can then sync once for several files.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -38,7 +42,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -69,8 +74,18 @@ def new_manifest(tensors: list[dict], groups: dict[str, list[str]], meta: dict) 
     }
 
 
-def write_manifest(run_dir: Path, manifest: dict) -> None:
-    atomic_write(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=1).encode())
+def dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def write_manifest(run_dir: Path, manifest: dict, entry_json: list[str] | None = None) -> None:
+    """Atomically rewrite the manifest. ``entry_json``: the checkpoints already serialised (one
+    string per entry, in order), so a long run does not re-encode its whole history each time."""
+    if entry_json is None:
+        entry_json = [dumps(e) for e in manifest["checkpoints"]]
+    head = dumps({k: v for k, v in manifest.items() if k != "checkpoints"})
+    text = f'{head[:-1]},"checkpoints":[{",".join(entry_json)}]}}'
+    atomic_write(Path(run_dir) / MANIFEST, text.encode())
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:

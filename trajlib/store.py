@@ -47,7 +47,8 @@ class Trajectory:
                  epochs: Sequence[float] | None = None, labels: Sequence[str] | None = None,
                  kinds: dict[str, str] | None = None, groups: dict[str, list[str]] | None = None,
                  meta: dict | None = None, hashes: Sequence[str | None] | None = None,
-                 file_hashes: Sequence[str | None] | None = None, source: str = ""):
+                 file_hashes: Sequence[str | None] | None = None, names: Sequence[str] | None = None,
+                 source: str = ""):
         if len(readers) == 0:
             raise TrajectoryError(f"{source}: no checkpoints")
         order = np.argsort(np.asarray(steps, dtype=np.int64), kind="stable")
@@ -62,7 +63,7 @@ class Trajectory:
         self.source = source
         self.meta = meta or {}
         first = self.readers[0]
-        self.names = [n for n in first.names if first.dtypes[n] in FLOAT_CODES]
+        self.names = [n for n in (names or first.names) if first.dtypes[n] in FLOAT_CODES]
         self.shapes = {n: first.shapes[n] for n in self.names}
         self.dtypes = {n: first.dtypes[n] for n in self.names}
         kinds = kinds or {}
@@ -132,7 +133,8 @@ class Trajectory:
                           epochs=self.epochs[idx], labels=[self.labels[i] for i in idx],
                           kinds=self.kinds, groups=self.groups, meta=self.meta,
                           hashes=[self.hashes[i] for i in idx],
-                          file_hashes=[self.file_hashes[i] for i in idx], source=self.source)
+                          file_hashes=[self.file_hashes[i] for i in idx], names=self.names,
+                          source=self.source)
 
     def content_hashes(self) -> list[str]:
         """sha256 of each checkpoint's tensor data (from the manifest when recorded there)."""
@@ -257,7 +259,7 @@ def open_run(run_dir: str | Path, *, verify: bool = False) -> Trajectory:
         epochs=[np.nan if e.get("epoch") is None else e["epoch"] for e in entries],
         kinds={t["name"]: t["kind"] for t in manifest["tensors"]}, groups=manifest["groups"],
         meta=manifest["meta"], hashes=[e.get("content_sha256") for e in entries],
-        file_hashes=[e["sha256"] for e in entries], source=str(run_dir),
+        file_hashes=[e["sha256"] for e in entries], names=list(expected), source=str(run_dir),
     )
 
 

@@ -1,0 +1,37 @@
+# Two commands: `make book` and `make test`. Each creates .venv and installs the project into it
+# when needed (a fresh machine has nothing) and is quick when everything is already installed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+LAB    := $(VENV)/.installed-lab
+
+.PHONY: book test lab install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+book: $(STAMP)
+	$(PY) -m trajlib reproduce --preset laptop
+
+lab: $(STAMP) $(LAB)
+	$(VENV)/bin/jupyter lab notebooks/
+
+$(LAB): pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,lab]'
+	touch $(LAB)
+
+bench: $(STAMP)
+	$(PY) benchmarks/gram_bench.py
+	$(PY) benchmarks/record_bench.py
+
+clean:
+	rm -rf book/_build book/_generated

@@ -1,0 +1,134 @@
+"""Every notebook, executed through papermill at the ci preset, checked on what it computed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from conftest import REPO
+
+import trajlib
+from trajlib import hallmarks as H
+from trajlib.reproduce import Layout, available, reproduce
+
+NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
+
+
+def results(root: Path, name: str) -> dict:
+    return json.loads((root / "book" / "figures" / "results" / f"{name}.json").read_text())
+
+
+def executed(root: Path, name: str):
+    return nbformat.read(root / "book" / "figures" / f"{name}.ipynb", as_version=4)
+
+
+def test_all_notebooks_ran(ci_book):
+    root, status, log = ci_book
+    assert status == 0, "\n".join(log)
+    assert set(available(Layout(root))) == set(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_writes_complete_results_and_a_figure(ci_book, name):
+    root, _, log = ci_book
+    doc = results(root, name)
+    assert doc["notebook"] == name and doc["preset"] == "ci" and doc["title"]
+    assert doc["parameters"]["preset"] == "ci"
+    assert doc["claims"], "every notebook tests at least one claim"
+    for row in doc["claims"]:
+        assert row["claim"] and row["paper"]
+        assert row["ours"] is None or np.isfinite(row["ours"])
+    nb = executed(root, name)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert images, f"{name} draws no figure"
+    glued = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if "scrapbook" in o.get("metadata", {})]
+    assert glued, f"{name} glues no number into its prose"
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "hide-input" in injected[0].metadata["tags"]
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "one parameters cell"
+    assert not any(line.lstrip().startswith(("def ", "class ")) for c in nb.cells if c.cell_type == "code"
+                   for line in c.source.splitlines()), "no def or class in a notebook"
+
+
+def test_01_map_is_a_valid_trajectory_map_and_the_book_number_recomputes(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "01-trajectory-map")
+    runs = sorted((root / "book" / "figures" / "runs").glob("01-trajectory-map-*"))
+    assert len(runs) == 1
+    stats = trajlib.gram(trajlib.open_trajectory(runs[0]), cache=False, progress=False)
+    C = H.trajectory_map(stats["all"])
+    np.testing.assert_array_equal(C, C.T)
+    np.testing.assert_allclose(np.diag(C), 1.0, atol=1e-12)
+    mds = doc["values"]["mds"]
+    assert 0 < mds < 1
+    assert mds == pytest.approx(H.mds(stats["all"]), abs=1e-12)
+    assert doc["values"]["T"] == doc["parameters"]["epochs"] + 1 == C.shape[0]
+    assert all(row["agrees"] for row in doc["claims"])  # robust at ci: MDS > 0.5 and a banded map
+
+
+def test_source_notebooks_are_committed_without_outputs():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{name} has stored outputs"
+
+
+FAILING = [("md", "# ok"), ("params", "x = 1"), ("code", "print(x)")]
+
+
+def _tiny_layout(root: Path) -> Layout:
+    import nbformat.v4 as v4
+
+    (root / "notebooks").mkdir(parents=True)
+    for name, body in [("01-fine", "y = x + 1"), ("02-broken", "raise RuntimeError('boom')"), ("03-after", "z = 3")]:
+        nb = v4.new_notebook()
+        params = v4.new_code_cell("x = 1")
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [v4.new_markdown_cell("# t"), params, v4.new_code_cell(body)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, root / "notebooks" / f"{name}.ipynb")
+    (root / "notebooks" / "presets.yml").write_text("laptop:\n  01-fine:\n    x: 2\n")
+    return Layout(root)
+
+
+def test_failures_are_named_with_their_cell_and_keep_going_runs_the_rest(tmp_path):
+    _tiny_layout(tmp_path)
+    log: list[str] = []
+    assert reproduce(preset="ci", root=tmp_path, build=False, echo=log.append) == 1
+    text = "\n".join(log)
+    assert "02-broken: cell" in text and "RuntimeError: boom" in text
+    assert not (tmp_path / "book" / "figures" / "03-after.ipynb").exists()
+    log.clear()
+    assert reproduce(preset="ci", root=tmp_path, build=False, keep_going=True, echo=log.append) == 1
+    assert (tmp_path / "book" / "figures" / "03-after.ipynb").exists()
+    assert "1 notebook(s) failed" in "\n".join(log)
+
+
+def test_unknown_names_presets_and_override_keys_list_the_valid_ones(tmp_path):
+    _tiny_layout(tmp_path)
+    with pytest.raises(ValueError, match="unknown notebook 'nope'; valid: 01-fine, 02-broken, 03-after"):
+        reproduce(preset="ci", root=tmp_path, only=["nope"], build=False)
+    with pytest.raises(ValueError, match="unknown preset 'big'; valid: ci, laptop, paper"):
+        reproduce(preset="big", root=tmp_path, build=False)
+    (tmp_path / "notebooks" / "presets.yml").write_text("laptop:\n  01-fine:\n    epochz: 2\n")
+    with pytest.raises(ValueError, match="sets 'epochz' for 01-fine.*defined: x"):
+        reproduce(preset="laptop", root=tmp_path, only=["01"], build=False)
+
+
+def test_presets_file_overrides_only_declared_parameters():
+    from trajlib.presets import load_presets, parameters_for
+
+    presets = load_presets(REPO / "notebooks" / "presets.yml")
+    for preset, per_nb in presets.items():
+        for name in per_nb:
+            assert name in NOTEBOOKS, f"presets.yml names unknown notebook {name}"
+            params = parameters_for(REPO / "notebooks" / f"{name}.ipynb", preset, REPO / "notebooks" / "presets.yml")
+            assert params["preset"] == preset
+    assert "laptop" in presets and "paper" in presets

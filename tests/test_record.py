@@ -1,0 +1,209 @@
+"""Recorder: schedules, selection, metadata, durability, resume, and a SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import trajlib
+from trajlib.manifest import TrajectoryError
+from trajlib.record import log_linear_steps
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def train(model, rec, steps, *, start=1, opt=None):
+    opt = opt or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for step in range(start, start + steps):
+        x = torch.randn(16, 4)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.step(step, epoch=step / 10, metrics={"loss": loss.item()})
+    return opt
+
+
+def test_theta0_then_every_n_steps_with_full_metadata(tmp_path):
+    model = bn_net()
+    theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    with trajlib.Recorder(model, tmp_path / "r", every=5, optimizer=opt, seed=7, meta={"note": "x"}) as rec:
+        train(model, rec, 20, opt=opt)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [0, 5, 10, 15, 20]
+    assert manifest["meta"]["model"] == "Sequential" and manifest["meta"]["seed"] == 7
+    assert manifest["meta"]["optimizer"]["class"] == "SGD"
+    assert manifest["meta"]["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+    assert manifest["meta"]["note"] == "x" and "torch" in manifest["meta"]["versions"]
+    assert manifest["groups"]["bn"] == ["1.weight", "1.bias"]
+    for c in manifest["checkpoints"]:
+        data = (tmp_path / "r" / c["file"]).read_bytes()
+        assert c["bytes"] == len(data) and c["sha256"] == hashlib.sha256(data).hexdigest()
+        assert isinstance(c["wall_time"], float)
+    assert manifest["checkpoints"][2]["metrics"]["loss"] > 0 and manifest["checkpoints"][2]["epoch"] == 1.0
+    traj = trajlib.open_trajectory(tmp_path / "r")
+    for name, value in theta0.items():
+        np.testing.assert_array_equal(traj.tensor(0, name), value.numpy())
+    assert not np.array_equal(traj.tensor(4, "0.weight"), theta0["0.weight"].numpy())
+
+
+def test_files_load_with_the_safetensors_library(tmp_path):
+    """Our writer lays out the format itself; the reference reader must agree, dtypes mixed."""
+    from safetensors.torch import load_file
+
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.randn(3, dtype=torch.float16))
+            self.b = torch.nn.Parameter(torch.randn(2, 5))
+            self.c = torch.nn.Parameter(torch.randn(7, dtype=torch.bfloat16))
+            self.d = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+
+    model = Mixed()
+    with trajlib.Recorder(model, tmp_path / "r"):
+        pass
+    loaded = load_file(next((tmp_path / "r").glob("ckpt-*.safetensors")))
+    for name, p in model.named_parameters():
+        assert loaded[name].dtype == p.dtype
+        torch.testing.assert_close(loaded[name], p.detach(), rtol=0, atol=0)
+
+
+def test_explicit_and_log_linear_schedules(tmp_path):
+    assert log_linear_steps(3000, every=1000) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 3000]
+    model = bn_net()
+    with trajlib.Recorder(model, tmp_path / "r", steps=log_linear_steps(30, every=10)) as rec:
+        train(model, rec, 30)
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 1, 2, 4, 8, 10, 20, 30]
+    with pytest.raises(ValueError, match="either every= or steps="):
+        trajlib.Recorder(model, tmp_path / "x", every=2, steps=[1])
+
+
+def test_include_exclude_buffers_tied_and_frozen(tmp_path):
+    model = bn_net()
+    model[0].weight.requires_grad_(False)
+    with trajlib.Recorder(model, tmp_path / "a", exclude=r"^3\.") as rec:
+        train(model, rec, 2)
+    names = trajlib.open_trajectory(tmp_path / "a").names
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]  # frozen 0.weight kept, head excluded
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["groups"]["frozen"] == ["0.weight"]
+    with trajlib.Recorder(bn_net(), tmp_path / "b", include=r"^1\.", buffers=True):
+        pass
+    traj = trajlib.open_trajectory(tmp_path / "b")
+    assert traj.names == ["1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    assert traj.kinds["1.running_mean"] == "buffer" and traj.P == 16  # buffers are not parameters
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 3)
+            self.out = torch.nn.Linear(3, 5, bias=False)
+            self.out.weight = self.emb.weight
+
+    with trajlib.Recorder(Tied(), tmp_path / "c"):
+        pass
+    assert trajlib.open_trajectory(tmp_path / "c").names == ["emb.weight"]
+    with pytest.raises(ValueError, match="select no tensor"):
+        trajlib.Recorder(bn_net(), tmp_path / "d", include="nothing-matches")
+
+
+def test_resume_appends_and_refuses_a_different_model(tmp_path):
+    model = bn_net()
+    with trajlib.Recorder(model, tmp_path / "r", every=5) as rec:
+        opt = train(model, rec, 10)
+    with trajlib.Recorder(model, tmp_path / "r", every=5) as rec:
+        assert rec.recorded_steps == [0, 5, 10]
+        train(model, rec, 10, start=11, opt=opt)
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 5, 10, 15, 20]
+    other = torch.nn.Sequential(torch.nn.Linear(4, 9))
+    with pytest.raises(TrajectoryError, match="cannot resume"):
+        trajlib.Recorder(other, tmp_path / "r")
+
+
+def test_training_does_not_wait_for_the_disk_but_flush_does(tmp_path, monkeypatch):
+    """Snapshots are copied on the caller's thread and written by the background thread."""
+    from trajlib.snapshot import SnapshotLayout
+
+    slow_write = SnapshotLayout.write
+
+    def delayed(self, path, buf):
+        time.sleep(0.3)
+        return slow_write(self, path, buf)
+
+    monkeypatch.setattr(SnapshotLayout, "write", delayed)
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=0.0)
+    t0 = time.perf_counter()
+    train(model, rec, 3)
+    queued = time.perf_counter() - t0
+    rec.close()
+    waited = time.perf_counter() - t0
+    assert queued < 0.3 < waited
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 1, 2, 3]
+
+
+def test_write_errors_surface_on_the_training_thread(tmp_path, monkeypatch):
+    from trajlib.snapshot import SnapshotLayout
+
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "r", every=1)
+    rec.flush()
+
+    def broken(self, path, buf):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SnapshotLayout, "write", broken)
+    rec.save(1)
+    with pytest.raises(TrajectoryError, match="No space left"):
+        rec.flush()
+    monkeypatch.undo()
+    rec.close()
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0]  # what was saved stays
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch, trajlib
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
+    rec = trajlib.Recorder(model, sys.argv[1], every=1)
+    step = 0
+    while True:
+        step += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        rec.step(step)
+        if step == 5:
+            print("recording", flush=True)
+""")
+
+
+def test_sigkill_while_recording_leaves_a_valid_run(tmp_path):
+    script = tmp_path / "rec.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "recording"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    traj = trajlib.open_trajectory(tmp_path / "r", verify=True)  # every listed checkpoint is intact
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert traj.T == len(manifest["checkpoints"]) >= 5
+    assert traj.validate() == []
+    stats = trajlib.gram(traj, cache=False, progress=False)
+    assert np.isfinite(stats["all"]).all()
+    with trajlib.Recorder(torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256)),
+                          tmp_path / "r", every=1) as rec:  # and the run resumes
+        rec.save(10**6)
+    assert trajlib.open_trajectory(tmp_path / "r").steps[-1] == 10**6
