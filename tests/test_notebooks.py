@@ -132,3 +132,44 @@ def test_presets_file_overrides_only_declared_parameters():
             params = parameters_for(REPO / "notebooks" / f"{name}.ipynb", preset, REPO / "notebooks" / "presets.yml")
             assert params["preset"] == preset
     assert "laptop" in presets and "paper" in presets
+
+
+def _per_run(root, name):
+    import pandas as pd
+
+    return pd.DataFrame(results(root, name)["values"]["per_run"]).T if isinstance(
+        results(root, name)["values"]["per_run"], dict) else pd.DataFrame(results(root, name)["values"]["per_run"])
+
+
+def test_02_momentum_and_weight_decay_order_holds_for_every_seed(ci_book):
+    """Claim as test: robust at ci (every seed), so a change that breaks the science fails CI."""
+    root, _, _ = ci_book
+    doc = results(root, "02-momentum-weight-decay")
+    runs = _per_run(root, "02-momentum-weight-decay")
+    for seed, g in runs.groupby("seed"):
+        mds = g.set_index("label")["mds"].astype(float)
+        assert mds["momentum + wd"] < min(mds["momentum only"], mds["wd only"]), seed
+        assert max(mds["momentum only"], mds["wd only"]) < mds["neither"], seed
+    rows = {r["claim"]: r for r in doc["claims"]}
+    assert rows["Disabling momentum and weight decay raises MDS"]["agrees"] is True
+    acc_row = rows["Disabling momentum and weight decay lowers accuracy"]
+    assert acc_row["ours"] is not None and np.isfinite(acc_row["ours"])  # computed; needs laptop to settle
+
+
+def test_03_larger_batches_lower_mds_for_every_seed(ci_book):
+    root, _, _ = ci_book
+    runs = _per_run(root, "03-batch-size")
+    batches = results(root, "03-batch-size")["parameters"]["batch_sizes"]
+    for seed, g in runs.groupby("seed"):
+        mds = g.set_index("label")["mds"].astype(float)
+        assert all(mds[str(a)] > mds[str(b)] for a, b in zip(batches[:-1], batches[1:])), (seed, mds)
+    angle = results(root, "03-batch-size")["claims"][1]
+    assert angle["agrees"] is not None and np.isfinite(angle["ours"])  # computed; reported either way
+
+
+def test_07_batchnorm_only_claims(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "07-batchnorm-only")
+    assert doc["claims"][0]["agrees"] is True   # a late freeze matches full training
+    assert doc["claims"][1]["agrees"] is True   # freezing at initialisation does not
+    assert doc["values"]["n_bn"] / doc["values"]["n_total"] < 0.01

@@ -9,6 +9,7 @@ and a missing folder is an error that names the expected layout. Nothing here do
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +100,58 @@ IMAGENET_LAYOUT = """  <root>/train/<wnid>/*.JPEG   and   <root>/val/<wnid>/*.JP
   (one folder per class, as torchvision.datasets.ImageFolder reads)"""
 
 
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's batch files (dicts of bytes, lists and numpy arrays) and nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch file")
+
+
+class CIFAR10(torch.utils.data.Dataset):
+    """CIFAR-10 in torchvision's on-disk format (``cifar-10-batches-py``), read with a
+    restricted unpickler; images (3, 32, 32) float32 after ``transform``."""
+
+    def __init__(self, root: Path, *, train: bool, transform=None):
+        folder = Path(root) / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        xs, ys = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"cifar10: {path} is missing. Expected layout:\n{CIFAR10_LAYOUT}")
+            with open(path, "rb") as f:
+                try:
+                    batch = _SafeUnpickler(f, encoding="latin1").load()
+                except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+                    raise ValueError(f"cifar10: {path} is not a CIFAR-10 batch file ({exc})") from exc
+            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.extend(int(y) for y in batch["labels"])
+        self.images = np.concatenate(xs).transpose(0, 2, 3, 1)  # (N, 32, 32, 3) uint8, as PIL expects
+        self.targets = ys
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i])
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
 def cifar10(root: str | Path | None = None, *, train: bool = True, augment: bool | None = None):
-    """CIFAR-10 from ``root`` (or ``$TRAJLIB_DATA/cifar10``) as a torchvision dataset.
+    """CIFAR-10 from ``root`` (or ``$TRAJLIB_DATA/cifar10``) as a dataset of (image, label).
 
     Training data gets the standard crop-and-flip augmentation unless ``augment=False``.
     """
-    import torchvision
     from torchvision import transforms as tf
 
     root = data_root(root, "cifar10", CIFAR10_LAYOUT)
@@ -112,8 +159,7 @@ def cifar10(root: str | Path | None = None, *, train: bool = True, augment: bool
         raise FileNotFoundError(f"cifar10: {root} lacks cifar-10-batches-py/. Expected layout:\n{CIFAR10_LAYOUT}")
     norm = tf.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     steps = [tf.RandomCrop(32, padding=4), tf.RandomHorizontalFlip()] if (train if augment is None else augment) else []
-    return torchvision.datasets.CIFAR10(str(root), train=train, download=False,
-                                        transform=tf.Compose(steps + [tf.ToTensor(), norm]))
+    return CIFAR10(root, train=train, transform=tf.Compose(steps + [tf.ToTensor(), norm]))
 
 
 def imagenet(root: str | Path | None = None, *, split: str = "train", size: int = 224):

@@ -29,7 +29,7 @@ log = logging.getLogger("trajlib.experiment")
 
 MODELS = {
     "small_cnn": models.SmallCNN, "cifar_resnet": models.CifarResNet, "resnet20": models.resnet20,
-    "vgg": models.VGG, "mlp": models.MLP, "resnet50": models.resnet50,
+    "vgg": models.VGG, "vgg16": models.vgg16, "mlp": models.MLP, "resnet50": models.resnet50,
 }
 DATASETS = ("digits", "cifar10", "imagenet")
 
@@ -95,18 +95,22 @@ def build_model(name: str, *, seed: int, dataset: str, **kwargs) -> torch.nn.Mod
     """A model from :data:`MODELS`, initialised under ``seed``; input channels follow the dataset."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    if name in ("small_cnn", "cifar_resnet", "vgg") and "in_channels" not in kwargs:
+    if name in ("small_cnn", "cifar_resnet", "vgg", "vgg16") and "in_channels" not in kwargs:
         kwargs["in_channels"] = 1 if dataset == "digits" else 3
     if name == "resnet50" and dataset == "cifar10":
         kwargs.setdefault("num_classes", 10)
+    if name == "mlp" and dataset == "digits":
+        kwargs.setdefault("in_features", 64)
     torch.manual_seed(seed)
     return MODELS[name](**kwargs)
 
 
 def run_classification(runs_dir, *, name: str, model: str, dataset: str = "digits", seed: int = 0,
                        model_kwargs: dict | None = None, data_root: str | None = None, device="cpu",
-                       **train_kwargs) -> Run:
-    """Train (or reuse) one classification run; ``train_kwargs`` go to :func:`train_classifier`."""
+                       num_workers: int = 0, **train_kwargs) -> Run:
+    """Train (or reuse) one classification run; ``train_kwargs`` go to :func:`train_classifier`
+    and into the run's config (``device``, ``data_root`` and ``num_workers`` do not: they
+    change where and how fast, not what is computed)."""
     config = {"task": "classification", "model": model, "model_kwargs": model_kwargs or {},
               "dataset": dataset, "seed": seed, **train_kwargs}
     run_dir = _run_dir(runs_dir, name, config)
@@ -115,7 +119,7 @@ def run_classification(runs_dir, *, name: str, model: str, dataset: str = "digit
         return cached
     net = build_model(model, seed=seed, dataset=dataset, **(model_kwargs or {}))
     data = load_data(dataset, seed=seed, data_root=data_root)
-    history = train_classifier(net, data, run_dir=run_dir, seed=seed, device=device,
+    history = train_classifier(net, data, run_dir=run_dir, seed=seed, device=device, num_workers=num_workers,
                                meta={"config": config}, **train_kwargs)
     return _finish(run_dir, config, history)
 
@@ -135,3 +139,53 @@ def run_char_lm(runs_dir, *, name: str, width: int, layers: int, heads: int, con
     history = train_char_lm(net, corpus, run_dir=run_dir, context=context, seed=seed, device=device,
                             **train_kwargs)
     return _finish(run_dir, config, history)
+
+
+SWEEP_COLUMNS = ("mds", "mds_full", "relative_mds", "update_mds", "mean_consecutive_update_cos",
+                 "mean_update_param_cos", "straightness")
+
+
+@dataclass
+class Sweep:
+    """Runs of several configs × seeds: ``table`` has one row per run (label, seed, hallmarks of
+    ``group``, final accuracy), ``runs[(label, seed)]`` the runs themselves."""
+
+    table: pd.DataFrame
+    runs: dict
+
+    def summary(self, columns=("mds", "relative_mds", "mean_consecutive_update_cos", "final_accuracy")) -> pd.DataFrame:
+        """Mean and std over seeds per label (labels in sweep order)."""
+        order = list(dict.fromkeys(self.table["label"]))
+        out = self.table.groupby("label", sort=False)[list(columns)].agg(["mean", "std"])
+        return out.loc[order]
+
+    def stats(self, label, seed=None, groups=None) -> GramStats:
+        """The Gram of one run (the first seed by default)."""
+        seed = self.table["seed"].iloc[0] if seed is None else seed
+        return self.runs[(label, seed)].stats(groups)
+
+
+def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", task: str = "classification",
+          **common) -> Sweep:
+    """Train (or reuse) every config × seed and tabulate its hallmarks.
+
+    ``configs``: label → keyword overrides of ``common`` (for :func:`run_classification`, or
+    :func:`run_char_lm` with ``task="char_lm"``). Notebooks 02, 03, 04, 05 and 07 call this.
+    """
+    from .hallmarks import hallmarks
+
+    run = run_classification if task == "classification" else run_char_lm
+    rows, runs = [], {}
+    for label, overrides in configs.items():
+        for seed in seeds:
+            r = run(runs_dir, name=name, seed=seed, **{**common, **overrides})
+            stats = r.stats([group])
+            row = {"label": label, "seed": seed, **hallmarks(stats).loc[group, list(SWEEP_COLUMNS)].to_dict(),
+                   "n_params": stats.n_params[group], "run_dir": str(r.run_dir)}
+            if "test_accuracy" in r.history:
+                row["final_accuracy"] = r.final_accuracy
+            if "valid_loss" in r.history:
+                row["final_valid_loss"] = float(r.history["valid_loss"].iloc[-1])
+            rows.append(row)
+            runs[(label, seed)] = r
+    return Sweep(pd.DataFrame(rows), runs)

@@ -12,17 +12,20 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from .manifest import atomic_write
 
 
-def claim(text: str, *, paper: str, ours: float, std: float | None = None, agrees: bool | None,
-          unit: str = "", note: str = "", digits: int = 3) -> dict:
+def claim(text: str, *, paper: str, ours: float | None, std: float | None = None, agrees: bool | None,
+          unit: str = "", note: str = "", digits: int = 3, shown: str | None = None) -> dict:
     """One ledger row. ``agrees``: whether our direction matches the paper's (None: not tested
-    at this preset, e.g. a claim that needs the paper's models). ``ours``/``std`` are numbers;
-    ``digits`` sets how they are shown."""
+    at this preset, e.g. a claim that needs the paper's models). ``ours``/``std``: the number
+    the agreement is judged on (an effect size); ``shown``: how to print it when a pair of
+    values says more ("0.81 → 0.99"); ``digits`` sets the rounding."""
     return {"claim": text, "paper": paper, "ours": None if ours is None else float(ours),
             "std": None if std is None else float(std), "agrees": None if agrees is None else bool(agrees),
-            "unit": unit, "note": note, "digits": digits}
+            "unit": unit, "note": note, "digits": digits, "shown": shown}
 
 
 def glue_all(**values) -> None:
@@ -52,6 +55,9 @@ def write_results(name: str, *, title: str, claims: list[dict], values: dict, pa
 
 
 def _jsonable(x):
+    if hasattr(x, "to_dict") and hasattr(x, "columns"):  # a DataFrame; MultiIndex columns flattened
+        cols = ["_".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in x.columns]
+        return {str(k): v for k, v in x.set_axis(cols, axis=1).to_dict("index").items()}
     if hasattr(x, "tolist"):
         return x.tolist()
     if hasattr(x, "item"):
@@ -66,6 +72,8 @@ def read_results(results_dir: str | Path) -> list[dict]:
 
 
 def _fmt(row: dict) -> str:
+    if row.get("shown"):
+        return row["shown"]
     if row["ours"] is None or (isinstance(row["ours"], float) and math.isnan(row["ours"])):
         return "—"
     d = row.get("digits", 3)
@@ -95,3 +103,11 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
     if not results:
         lines.append("| — | no results yet: run `trajlib reproduce` | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def pm(mean: float, std: float | None = None, digits: int = 3, scale: float = 1.0) -> str:
+    """"0.811 ± 0.012": a mean over seeds with its standard deviation (``scale`` e.g. 100 for %)."""
+    s = f"{mean * scale:.{digits}f}"
+    if std is not None and np.isfinite(std):
+        s += f" ± {std * scale:.{digits}f}"
+    return s

@@ -116,6 +116,11 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+def vgg16(*, in_channels: int = 3, num_classes: int = 10, bn: bool = True) -> VGG:
+    """VGG-16 for 32×32 inputs (notebook 03's paper preset)."""
+    return VGG(VGG16, in_channels=in_channels, num_classes=num_classes, bn=bn)
+
+
 class MLP(nn.Module):
     """``depth`` hidden ReLU layers of ``width`` units on flattened inputs."""
 

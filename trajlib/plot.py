@@ -104,7 +104,27 @@ def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax
         ax.fill_between(x, y - yerr, y + yerr, alpha=0.2, color=ax.lines[-1].get_color(), linewidth=0)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    sns.despine(ax=ax)
+    return ax
+
+
+def summary_points(summary, column: str, *, ax=None, xlabel: str | None = None, title: str | None = None,
+                   color: str = "C0", fmt: str = ".3f"):
+    """Mean ± std over seeds per label (one row each, top to bottom), from ``Sweep.summary()``."""
+    ax = ax or plt.subplots(figsize=(4.2, 2.6))[1]
+    mean, std = summary[(column, "mean")], summary[(column, "std")].fillna(0.0)
+    y = np.arange(len(mean))[::-1]
+    ax.errorbar(mean, y, xerr=std, fmt="o", color=color, capsize=4, ms=6)
+    ax.set_yticks(y, [str(k) for k in mean.index])
+    for yi, m, sd in zip(y, mean, std):
+        ax.annotate(format(m, fmt), (m + sd, yi), textcoords="offset points", xytext=(6, 0), va="center",
+                    fontsize="small")
+    ax.set_xlabel(xlabel or column)
+    ax.margins(x=0.3, y=0.15)
+    if title:
+        ax.set_title(title)
     sns.despine(ax=ax)
     return ax
