@@ -15,11 +15,14 @@ from .stats import GramStats
 from .store import Trajectory, open_trajectory
 
 
+_LAZY = ("plot", "pythia", "theory", "experiment", "data", "models", "train", "ledger")
+
+
 def __getattr__(name):
-    if name == "plot":
+    if name in _LAZY:  # heavier modules (matplotlib, transformers) load on first use
         import importlib
 
-        return importlib.import_module(".plot", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'trajlib' has no attribute {name!r}")
 
 

@@ -3,6 +3,8 @@
 A group is a list of segments ``(tensor, start, stop)`` of flattened tensors. Group specs:
 
 * ``"all"``: every recorded parameter (buffers excluded);
+* ``"matrices"``: parameters with two or more dimensions (weights and embeddings: no biases,
+  no normalisation gains);
 * ``"bn"``: BatchNorm scale and shift parameters (recorded by ``Recorder`` from module types);
 * ``"layers"``: one group per layer: the name up to its first integer component
   (``layer1.0``, ``gpt_neox.layers.3``), else the module (``conv1``);
@@ -26,7 +28,7 @@ from typing import Mapping, Sequence
 from .checkpoint_file import ST_DTYPES
 
 Segment = tuple[str, int, int]
-NAMED_SPECS = ("all", "bn", "layers", "modules", "qkv", "qkv_heads")
+NAMED_SPECS = ("all", "matrices", "bn", "layers", "modules", "qkv", "qkv_heads")
 
 
 def _params(traj) -> list[str]:
@@ -93,6 +95,8 @@ def resolve_groups(traj, groups=None, *, heads: int | None = None) -> dict[str, 
             out[gname] = _regex_group(traj, gname, pattern)
         elif spec == "all":
             out["all"] = _whole(traj, _params(traj))
+        elif spec == "matrices":
+            out["matrices"] = _whole(traj, [n for n in _params(traj) if len(traj.shapes[n]) >= 2])
         elif spec == "bn":
             if "bn" not in traj.groups:
                 raise ValueError(f"{traj.source}: no BatchNorm group recorded (only trajlib runs "

@@ -128,3 +128,25 @@ def summary_points(summary, column: str, *, ax=None, xlabel: str | None = None, 
         ax.set_title(title)
     sns.despine(ax=ax)
     return ax
+
+
+REGIME_COLORS = {"monotone": "#9ecae1", "rotating": "#fdae6b", "sign-flipping": "#d62728", "divergent": "#525252"}
+
+
+def regime_map(grid, x, y, *, ax=None, xlabel: str = "η (h + λ)", ylabel: str = "momentum μ",
+               colors: dict | None = None):
+    """A categorical map (rows = ``y``, columns = ``x``) of regime names, with a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = colors or REGIME_COLORS
+    names = list(colors)
+    codes = np.vectorize(names.index)(grid)
+    ax = ax or plt.subplots(figsize=(4.6, 3.4))[1]
+    ax.imshow(codes, origin="lower", aspect="auto", cmap=ListedColormap([colors[n] for n in names]),
+              vmin=-0.5, vmax=len(names) - 0.5, extent=(x[0], x[-1], y[0], y[-1]), interpolation="nearest")
+    ax.legend(handles=[Patch(color=colors[n], label=n) for n in names], fontsize="small", loc="upper right",
+              framealpha=0.9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax

@@ -104,10 +104,12 @@ def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool,
 
 
 def write_ledger(layout: Layout) -> Path:
+    """The generated parts of the book: the claims ledger and the runtime table."""
     gen = layout.book / "_generated"
     gen.mkdir(parents=True, exist_ok=True)
     path = gen / "ledger.md"
     path.write_text(render(read_results(layout.results)))
+    (gen / "runtimes.md").write_text(runtime_table(layout))
     return path
 
 
@@ -135,12 +137,37 @@ def build_book(layout: Layout) -> int:
 
 
 def _record_runtimes(layout: Layout, preset: str, times: dict[str, float]) -> None:
-    path = layout.results / "runtimes.json"
+    """Keep the measured wall time of each notebook per preset in ``book/runtimes.json`` (a
+    tracked file: the book's runtime table shows what was last measured, and on what machine)."""
+    import os
+    import platform
+
+    path = layout.book / "runtimes.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     for name, sec in times.items():
-        data.setdefault(name, {})[preset] = round(sec, 1)
-    layout.results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+        data.setdefault(name, {})[preset] = {
+            "seconds": round(sec, 1), "cores": os.cpu_count(), "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d")}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def runtime_table(layout: Layout) -> str:
+    """Markdown table of the recorded wall times (seconds) per notebook and preset."""
+    path = layout.book / "runtimes.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    lines = ["| notebook | ci (s) | laptop (s) | measured on |", "|---|---|---|---|"]
+    totals = {"ci": 0.0, "laptop": 0.0}
+    for name in sorted(data):
+        cells, where = [], set()
+        for preset in ("ci", "laptop"):
+            m = data[name].get(preset)
+            cells.append(f"{m['seconds']:.0f}" if m else "—")
+            if m:
+                totals[preset] += m["seconds"]
+                where.add(f"{m['cores']} cores, {m['date']}")
+        lines.append(f"| `{name}` | {cells[0]} | {cells[1]} | {'; '.join(sorted(where))} |")
+    lines.append(f"| **total** | **{totals['ci']:.0f}** | **{totals['laptop']:.0f}** | |")
+    return "\n".join(lines) + "\n"
 
 
 def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_going: bool = False,

@@ -1,0 +1,78 @@
+"""The Pythia suite, written once as data: sizes, architectures, the 154 checkpoint revisions,
+and a helper that streams every size's checkpoints from the Hugging Face hub through the engine.
+
+Pythia (Biderman et al., 2023) saves each model at ``step0``, at ``step1, step2, step4, ...,
+step512`` and every 1,000 steps from ``step1000`` to ``step143000``: 154 revisions. Steps are
+taken from this schedule, not parsed from arbitrary names. Parameter counts follow from the
+architecture (GPT-NeoX: 12d² + 13d per layer, untied input and output embeddings), e.g.
+70,426,624 for pythia-70m. Notebooks 04 and 05 use this at the ``paper`` preset.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("trajlib.pythia")
+
+# size: (hidden size d, layers, attention heads, vocabulary)
+ARCHITECTURES = {
+    "14m": (128, 6, 4, 50304), "31m": (256, 6, 8, 50304), "70m": (512, 6, 8, 50304),
+    "160m": (768, 12, 12, 50304), "410m": (1024, 24, 16, 50304), "1b": (2048, 16, 8, 50304),
+    "1.4b": (2048, 24, 16, 50304), "2.8b": (2560, 32, 32, 50304), "6.9b": (4096, 32, 32, 50432),
+    "12b": (5120, 36, 40, 50688),
+}
+SIZES = tuple(ARCHITECTURES)
+
+
+def parameter_count(size: str) -> int:
+    """Total parameters of ``pythia-<size>`` (embeddings included)."""
+    d, layers, _, vocab = ARCHITECTURES[size]
+    return 2 * vocab * d + layers * (12 * d * d + 13 * d) + 2 * d
+
+
+def revisions(every: int = 1) -> list[str]:
+    """The 154 checkpoint revisions in step order (``every``: keep every k-th linear one)."""
+    early = [0] + [2**k for k in range(10)]
+    late = list(range(1000, 143001, 1000 * every))
+    return [f"step{s}" for s in early + late]
+
+
+def revision_step(revision: str) -> int:
+    if not revision.startswith("step") or not revision[4:].isdigit():
+        raise ValueError(f"{revision!r} is not a Pythia revision (step<N>)")
+    return int(revision[4:])
+
+
+def repo_id(size: str, *, deduped: bool = False) -> str:
+    if size not in ARCHITECTURES:
+        raise ValueError(f"unknown Pythia size {size!r}; valid: {', '.join(SIZES)}")
+    return f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}"
+
+
+def suite_bytes(sizes, n_revisions: int, *, bytes_per_param: int = 2) -> int:
+    """Bytes to read for ``n_revisions`` checkpoints of each size (float16 on the hub)."""
+    return sum(parameter_count(s) for s in sizes) * n_revisions * bytes_per_param
+
+
+def suite_stats(repos: dict[str, str], revs: list[str], *, groups=("all",), device="auto",
+                cache_dir=None, local_files_only=None, drop_duplicates: bool = True):
+    """Gram statistics of each repository's checkpoints at ``revs``, one streamed pass each.
+
+    Returns {label: (GramStats, dropped revision labels)}. Duplicate revisions (byte-identical
+    weights, which some public branches serve) are reported and, by default, dropped.
+    """
+    from .gram import gram
+    from .store import open_hub
+
+    out = {}
+    for label, repo in repos.items():
+        traj = open_hub(repo, revs, steps=[revision_step(r) for r in revs], cache_dir=cache_dir,
+                        local_files_only=local_files_only)
+        dropped = []
+        if drop_duplicates:
+            traj, dropped = traj.drop_duplicates()
+            if dropped:
+                log.warning("%s: dropped duplicate revisions %s", repo, dropped)
+        out[label] = (gram(traj, groups=list(groups), device=device), dropped)
+        traj.close()
+    return out
