@@ -30,19 +30,12 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mb() -> float:
+def status_mb(key: str) -> float:
+    """A memory line of /proc/self/status in MB: VmRSS (now) or VmHWM (peak; unlike ru_maxrss,
+    not inherited over exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def hwm_mb() -> float:
-    """Peak resident memory of this process (VmHWM; unlike ru_maxrss, not inherited over exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -125,13 +118,13 @@ def child(args) -> None:
     fn = METHODS[args.method]
     run = Path(args.run)
     fn(run, args)  # warm-up: page cache, imports, allocator
-    base = rss_mb()
+    base = status_mb("VmRSS")
     best, out = float("inf"), None
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         out = fn(run, args)
         best = min(best, time.perf_counter() - t0)
-    peak = hwm_mb()
+    peak = status_mb("VmHWM")
     np.savez(args.out, **out)
     print(json.dumps({"seconds": best, "peak_mb": peak - base}))
 
@@ -156,6 +149,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--naive-T", type=int, default=12)
     p.add_argument("--block-bytes", type=int, default=8 << 20)
+    p.add_argument("--save", help="write the results as JSON (rendered on the book's methods page)")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -192,6 +186,15 @@ def main() -> None:
               f"{r['peak_mb'] * 1e6 / nbytes:8.1%}  {errs}  {r.get('note', '')}")
     print(f"trajlib vs (a) sklearn: {results['sklearn']['seconds'] / t:.2f}x faster; vs (b) naive: "
           f"{results['naive']['seconds'] / t:.1f}x; reads at {results['read']['seconds'] / t:.0%} of the plain-read rate")
+    if args.save:
+        import platform
+        import time as _time
+
+        doc = {"benchmark": "gram_bench", "T": args.T, "P": args.P, "run_bytes": nbytes, "cores": os.cpu_count(),
+               "machine": platform.machine(), "date": _time.strftime("%Y-%m-%d"),
+               "rows": [{"method": k, **v} for k, v in results.items()]}
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def main() -> None:
                    help="digits: 1×8×8, batch 64 (the notebooks; the cheapest step, so the worst case); "
                         "cifar: 3×32×32 random images, batch 128")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--save", help="append the result as JSON to this file (the book's methods page)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +77,20 @@ def main() -> None:
     print(f"step time without recording: {b * 1e3:.2f} ms   recording every step: {r * 1e3:.2f} ms")
     print(f"recording adds {100 * (r / b - 1):+.1f}% to the step time (best of {args.repeat}); "
           f"median of paired runs {100 * (ratios[len(ratios) // 2] - 1):+.1f}%")
+    if args.save:
+        import json
+        import os
+        import time as _time
+
+        path = Path(args.save)
+        doc = json.loads(path.read_text()) if path.is_file() else {"benchmark": "record_bench", "rows": []}
+        doc["rows"] = [r for r in doc["rows"] if (r["input"], r["threads"]) != (args.input, torch.get_num_threads())]
+        doc["rows"].append({"input": args.input, "threads": torch.get_num_threads(), "params": params,
+                            "base_ms": 1e3 * b, "record_ms": 1e3 * r, "overhead_best": r / b - 1,
+                            "overhead_median": ratios[len(ratios) // 2] - 1, "cores": os.cpu_count(),
+                            "date": _time.strftime("%Y-%m-%d")})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -143,16 +143,35 @@ def _rank_world(distributed: bool | None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _use_triton(kernel: str, device: torch.device) -> bool:
+    from . import triton_gram
+
+    if kernel not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernel={kernel!r}: expected 'auto', 'torch' or 'triton'")
+    if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
+        return False
+    ok = triton_gram.available(device)
+    if kernel == "triton" and not ok:
+        raise ValueError(f"kernel='triton' cannot run on {device} (needs CUDA with compute capability "
+                         f"≥ 8.0 and Triton, or TRITON_INTERPRET=1 on the CPU)")
+    if not ok:
+        log.info("fused Triton Gram kernel unavailable on %s; using the torch path", device)
+    return ok
+
+
 def accumulate(traj, plan: BlockPlan, *, device: torch.device, rank: int = 0, world: int = 1,
-               progress: bool = True, workers: int | None = None) -> torch.Tensor:
+               progress: bool = True, workers: int | None = None, kernel: str = "auto") -> torch.Tensor:
     """Per-signature Grams (S, T, T) float64 of this rank's blocks (``rank::world``)."""
     order = list(range(rank, len(plan.blocks), world))
     total = sum(block_nbytes(traj, plan.blocks[i]) for i in order)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="gram", disable=not progress or rank != 0,
                leave=False, delay=1.0)
+    triton = _use_triton(kernel, device)
     try:
+        if triton and device.type == "cpu":  # the Triton interpreter: tests of the kernel
+            return _accumulate_interpreted(traj, plan, order, bar)
         if device.type == "cuda":
-            return _accumulate_cuda(traj, plan, order, device, bar)
+            return _accumulate_cuda(traj, plan, order, device, bar, triton)
         return _accumulate_cpu(traj, plan, order, bar, workers)
     finally:
         bar.close()
@@ -203,17 +222,20 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
     return _symmetrize(sum(partial[1:], partial[0]), split)
 
 
-def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar) -> torch.Tensor:
+def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, triton: bool = False) -> torch.Tensor:
     """Pinned staging buffers filled by a reader thread; host-to-device copies on a side
-    stream overlap the products of the previous block."""
+    stream overlap the products of the previous block. ``triton``: the fused kernel of
+    :mod:`trajlib.triton_gram` instead of convert + difference + ``addmm``."""
     T, S = traj.T, len(plan.members)
     Gs = torch.zeros(S, T, T, dtype=torch.float64, device=device)
     if not order:
         return Gs
+    from . import triton_gram
+
     reader = _Reader(traj, plan, order, pin=True)
     cap = T * plan.max_cols
-    theta_buf = torch.empty(cap, dtype=torch.float64, device=device)
-    r_buf = torch.empty_like(theta_buf)
+    theta_buf = None if triton else torch.empty(cap, dtype=torch.float64, device=device)
+    r_buf = None if triton else torch.empty_like(theta_buf)
     raw = [torch.empty(reader.size, dtype=torch.uint8, device=device) for _ in range(2)]
     copy_stream = torch.cuda.Stream(device)
     compute = torch.cuda.current_stream(device)
@@ -233,13 +255,32 @@ def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar) -> to
                 copied.record(copy_stream)
             reader.free.put((buf, copied))
             compute.wait_event(copied)
-            _block_gram(dst, block.dtype, T, block.ncols, theta_buf, r_buf, Gs[block.signature])
+            if triton:
+                x = dst.view(_TORCH_DTYPES[block.dtype]).view(T, block.ncols)
+                triton_gram.block_gram(x, Gs[block.signature])
+            else:
+                _block_gram(dst, block.dtype, T, block.ncols, theta_buf, r_buf, Gs[block.signature])
             consumed[k % 2] = torch.cuda.Event()
             consumed[k % 2].record(compute)
             bar.update(len(buf))
     finally:
         reader.close()
-    return Gs
+    return triton_gram.finish(Gs) if triton else Gs
+
+
+def _accumulate_interpreted(traj, plan: BlockPlan, order: list[int], bar) -> torch.Tensor:
+    """The fused kernel under ``TRITON_INTERPRET=1`` on the CPU: same blocks, same kernel code."""
+    from . import triton_gram
+
+    T, S = traj.T, len(plan.members)
+    Gs = torch.zeros(S, T, T, dtype=torch.float64)
+    buf = torch.empty(_staging_bytes(traj, plan), dtype=torch.uint8)
+    for bi in order:
+        block = plan.blocks[bi]
+        src = _fill(traj, block, buf)
+        triton_gram.block_gram(src.view(_TORCH_DTYPES[block.dtype]).view(T, block.ncols), Gs[block.signature])
+        bar.update(len(src))
+    return triton_gram.finish(Gs)
 
 
 def _cache_path(traj, cache) -> Path | None:
@@ -263,7 +304,7 @@ def _cache_key(traj, groups: dict) -> str:
 
 def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BYTES,
          updates: str = "band", heads: int | None = None, cache=True, progress: bool = True,
-         distributed: bool | None = None) -> GramStats:
+         distributed: bool | None = None, kernel: str = "auto") -> GramStats:
     """Stream ``traj`` once and return the per-group Grams of [θ_0; u_0..u_{T-2}] (GramStats).
 
     ``groups``: specs of ``trajlib.groups`` (default ``["all"]``). ``block_bytes``: size of one
@@ -271,7 +312,8 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     both cost the same here (the update rows are the Gram's rows) and select which update
     hallmarks ``hallmarks()`` reports. ``cache``: True saves/reuses ``gram-<key>.npz`` beside
     the run (or under ``$TRAJLIB_CACHE``), a path chooses the folder, False disables it.
-    ``distributed``: None uses torch.distributed when it is initialised.
+    ``distributed``: None uses torch.distributed when it is initialised. ``kernel``: "auto"
+    (the fused Triton kernel on a capable GPU, else torch), "torch" or "triton".
     """
     if updates not in ("band", "full"):
         raise ValueError(f"updates={updates!r}: expected 'band' or 'full'")
@@ -289,7 +331,7 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     rank, world = _rank_world(distributed)
     block_cols = max(1, block_bytes // (4 * traj.T))
     plan = plan_blocks(traj, resolved, block_cols=block_cols)
-    Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress)
+    Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress, kernel=kernel)
     if world > 1:
         import torch.distributed as dist
 
@@ -301,6 +343,7 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     for gi, gname in enumerate(plan.groups):
         grams[gname] = sum((Gs[s] for s, m in enumerate(plan.members) if gi in m), np.zeros((traj.T, traj.T)))
     meta = {"key": key, "source": traj.source, "fingerprint": traj.fingerprint(), "device": str(device),
+            "kernel": "triton" if _use_triton(kernel, device) else "torch",
             "block_bytes": block_bytes, "updates": updates, "world_size": world}
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
                       list(traj.labels), meta)

@@ -91,8 +91,11 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
     rows = [r for doc in results for r in doc["claims"]]
     tested = [r for r in rows if r["agrees"] is not None]
     agree = sum(r["agrees"] for r in tested)
+    presets = sorted({doc["preset"] for doc in results})
     lines = [f"**{agree} of {len(tested)} tested claims agree in direction** "
-             f"({len(rows) - len(tested)} more need the paper preset).", "",
+             f"({len(rows) - len(tested)} more are reported but not tested at this preset). "
+             f"These pages were produced by the **{', '.join(presets) or '—'}** preset"
+             f"{'s' if len(presets) > 1 else ''}.", "",
              "| page | claim | paper | ours | agrees | preset |", "|---|---|---|---|---|---|"]
     for doc in results:
         page = f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)"

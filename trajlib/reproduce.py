@@ -110,7 +110,52 @@ def write_ledger(layout: Layout) -> Path:
     path = gen / "ledger.md"
     path.write_text(render(read_results(layout.results)))
     (gen / "runtimes.md").write_text(runtime_table(layout))
+    (gen / "benchmarks.md").write_text(benchmark_tables(layout.book / "benchmarks"))
     return path
+
+
+def benchmark_tables(folder: Path) -> str:
+    """Markdown tables from the JSON the ``benchmarks/`` scripts save with ``--save``."""
+    out = []
+    gram = folder / "gram_bench.json"
+    if gram.is_file():
+        d = json.loads(gram.read_text())
+        t = next(r["seconds"] for r in d["rows"] if r["method"] == "trajlib")
+        out += [f"**CPU Gram** (`benchmarks/gram_bench.py`, T = {d['T']}, P = {d['P']:,}, "
+                f"{d['run_bytes'] / 1e9:.2f} GB, {d['cores']} cores, {d['date']}): trajlib computes the whole "
+                "default hallmark set; the baselines compute the map only.", "",
+                "| method | seconds | × trajlib's time | peak memory / run size | max error vs float64 |",
+                "|---|---|---|---|---|"]
+        names = {"trajlib": "trajlib.gram", "sklearn": "(a) stack + sklearn cosine_similarity",
+                 "naive": "(b) naive pairwise loop", "read": "(c) plain read of every byte"}
+        for r in d["rows"]:
+            err = ", ".join(f"{k} {v:.0e}" for k, v in r["errors"].items()) or "—"
+            out.append(f"| {names.get(r['method'], r['method'])} | {r['seconds']:.3f} | {r['seconds'] / t:.1f} | "
+                       f"{100 * r['peak_mb'] * 1e6 / d['run_bytes']:.0f}% | {err} |")
+        out.append("")
+    rec = folder / "record_bench.json"
+    if rec.is_file():
+        d = json.loads(rec.read_text())
+        out += ["**Recording every step** (`benchmarks/record_bench.py`, small BatchNorm CNN):", "",
+                "| input | torch threads | step (ms) | with Recorder (ms) | added (best / median) |", "|---|---|---|---|---|"]
+        for r in d["rows"]:
+            out.append(f"| {r['input']} | {r['threads']} | {r['base_ms']:.2f} | {r['record_ms']:.2f} | "
+                       f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}% |")
+        out.append("")
+    gpu = folder / "gpu_gram_bench.json"
+    if gpu.is_file():
+        d = json.loads(gpu.read_text())
+        out += [f"**GPU Gram** (`benchmarks/gpu_gram_bench.py`, {d['device']}, {d['date']}):", "",
+                "| T | method | ms | max error (map / update cos) |", "|---|---|---|---|"]
+        for r in d["rows"]:
+            err = f"{r['map']:.0e} / {r['update_cos']:.0e}" if "map" in r else (f"{r['gbps']:.1f} GB/s" if "gbps" in r else "")
+            out.append(f"| {r['T']} | {r['method']} | {1e3 * r['seconds']:.2f} | {err} |")
+    else:
+        out += ["**GPU Gram:** not measured yet: the sessions that built this book had no GPU. "
+                "`python benchmarks/gpu_gram_bench.py --save book/benchmarks/gpu_gram_bench.json` on a CUDA "
+                "machine fills this table; the fused kernel's correctness is tested on the CPU through "
+                "Triton's interpreter."]
+    return "\n".join(out) + "\n"
 
 
 def write_toc(layout: Layout) -> Path:
