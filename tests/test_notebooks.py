@@ -138,8 +138,8 @@ def test_presets_file_overrides_only_declared_parameters():
 def _per_run(root, name):
     import pandas as pd
 
-    return pd.DataFrame(results(root, name)["values"]["per_run"]).T if isinstance(
-        results(root, name)["values"]["per_run"], dict) else pd.DataFrame(results(root, name)["values"]["per_run"])
+    per_run = results(root, name)["values"]["per_run"]
+    return pd.DataFrame.from_dict(per_run, orient="index") if isinstance(per_run, dict) else pd.DataFrame(per_run)
 
 
 def test_02_momentum_and_weight_decay_order_holds_for_every_seed(ci_book):
@@ -163,6 +163,7 @@ def test_03_larger_batches_lower_mds_for_every_seed(ci_book):
     batches = results(root, "03-batch-size")["parameters"]["batch_sizes"]
     for seed, g in runs.groupby("seed"):
         mds = g.set_index("label")["mds"].astype(float)
+        mds.index = mds.index.map(str)
         assert all(mds[str(a)] > mds[str(b)] for a, b in zip(batches[:-1], batches[1:])), (seed, mds)
     angle = results(root, "03-batch-size")["claims"][1]
     assert angle["agrees"] is not None and np.isfinite(angle["ours"])  # computed; reported either way
@@ -174,3 +175,24 @@ def test_07_batchnorm_only_claims(ci_book):
     assert doc["claims"][0]["agrees"] is True   # a late freeze matches full training
     assert doc["claims"][1]["agrees"] is True   # freezing at initialisation does not
     assert doc["values"]["n_bn"] / doc["values"]["n_total"] < 0.01
+
+
+def test_04_mds_rises_with_width_and_05_scale_homogenises_qkv(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "04-scale")
+    assert [r["agrees"] for r in doc["claims"]] == [True, True]  # all parameters and matrices alone
+    per_run = _per_run(root, "04-scale")
+    mat = per_run[per_run["group"] == "matrices"].groupby("label")["mds"].mean()
+    mat.index = mat.index.map(str)
+    widths = doc["parameters"]["widths"]
+    assert all(mat[str(a)] < mat[str(b)] for a, b in zip(widths[:-1], widths[1:])), mat
+    spread = results(root, "05-qkv")["values"]["spread"]
+    rows = sorted(spread.values(), key=lambda r: r["label"])
+    assert all(a["all_layers"] > b["all_layers"] for a, b in zip(rows[:-1], rows[1:]))
+    assert results(root, "05-qkv")["claims"][0]["agrees"] is not None  # middle layers: computed, either way
+
+
+def test_06_mechanism_claims(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "06-oscillation-theory")
+    assert all(r["agrees"] for r in doc["claims"]), [r["claim"] for r in doc["claims"] if not r["agrees"]]
