@@ -95,6 +95,37 @@ def walk_run(tmp_path, rng):
     return write_run(tmp_path / "walk", thetas), thetas
 
 
+def fake_hub(cache, repo: str, width: int, revs: list[str], duplicate_of: dict[str, str]):
+    """A huggingface_hub cache folder holding ``repo`` at ``revs`` (tiny GPT-NeoX, float16);
+    ``duplicate_of`` maps a revision to an earlier one whose weights it repeats."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from trajlib.models import tiny_gpt_neox
+
+    model = tiny_gpt_neox(vocab_size=17, width=width, layers=2, heads=2, context=8, seed=width)
+    org, name = repo.split("/")
+    root = cache / f"models--{org}--{name}"
+    (root / "refs").mkdir(parents=True)
+    states = {}
+    for i, rev in enumerate(revs):
+        if rev in duplicate_of:
+            state = states[duplicate_of[rev]]
+        else:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            state = {k: v.detach().clone().half() for k, v in model.state_dict().items()}
+        states[rev] = state
+        commit = f"{width:08x}{i:032x}"
+        (root / "refs" / rev).write_text(commit)
+        snap = root / "snapshots" / commit
+        snap.mkdir(parents=True)
+        save_file(state, snap / "model.safetensors")
+        (snap / "config.json").write_text(json.dumps(model.config.to_dict()))
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

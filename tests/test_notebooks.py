@@ -196,3 +196,29 @@ def test_06_mechanism_claims(ci_book):
     root, _, _ = ci_book
     doc = results(root, "06-oscillation-theory")
     assert all(r["agrees"] for r in doc["claims"]), [r["claim"] for r in doc["claims"] if not r["agrees"]]
+
+
+@pytest.mark.parametrize("name", ["04-scale", "05-qkv"])
+def test_paper_preset_hub_path_runs_on_a_stand_in_hub(tmp_path, monkeypatch, name):
+    """Notebooks 04/05 with source="hub" (the paper preset's code path), offline, on a local
+    huggingface_hub cache holding tiny GPT-NeoX models under Pythia's names and revisions."""
+    import papermill
+
+    from conftest import fake_hub
+    from trajlib import pythia
+
+    revs = pythia.revisions(every=143)  # step0, step1 … step512, step1000
+    fake_hub(tmp_path / "hub", pythia.repo_id("14m"), 8, revs, {"step2": "step1"})
+    fake_hub(tmp_path / "hub", pythia.repo_id("70m"), 16, revs, {})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRAJLIB_CACHE", str(tmp_path / "grams"))
+    params = {"source": "hub", "sizes": ["14m", "70m"], "revision_every": 143, "hub_cache": str(tmp_path / "hub")}
+    if name == "04-scale":
+        params.update(mlp_widths=[8, 32], mlp_epochs=3)
+    papermill.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters=params, cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    doc = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert doc["parameters"]["source"] == "hub"
+    assert all(r["ours"] is None or np.isfinite(r["ours"]) for r in doc["claims"])
+    if name == "04-scale":
+        assert doc["values"]["dropped"] == {"14m": ["step2"], "70m": []}
