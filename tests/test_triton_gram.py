@@ -84,3 +84,22 @@ def test_kernel_on_the_gpu_matches_the_cpu_reference(walk_run):
     for g in cpu.groups:
         assert np.max(np.abs(H.trajectory_map(gpu[g]) - H.trajectory_map(cpu[g]))) < 1e-6
         assert np.max(np.abs(H.update_map(gpu[g]) - H.update_map(cpu[g]))) < 1e-6
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_kernel_compiles_to_tensor_core_code_without_a_gpu(arch):
+    """Triton compiles for a CUDA target with no device present: the tf32x3 path must lower to
+    tensor-core mma instructions and float64 atomics (Ampere and Hopper)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from trajlib import triton_gram
+
+    sig = {"x_ptr": "*fp32", "g_ptr": "*fp64", "T": "i32", "n": "i32", "stride_x": "i32",
+           "BT": "constexpr", "BK": "constexpr", "CH": "constexpr", "PRECISION": "constexpr"}
+    src = ASTSource(fn=triton_gram._kernel(), signature=sig,
+                    constexprs={"BT": triton_gram.BLOCK_T, "BK": triton_gram.BLOCK_K, "CH": triton_gram.CHUNK,
+                                "PRECISION": "tf32x3"})
+    ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32)).asm["ptx"]
+    assert "mma" in ptx and "atom.global" in ptx and ".f64" in ptx
