@@ -148,7 +148,11 @@ def tiny_gpt_neox(*, vocab_size: int, width: int = 64, layers: int = 4, heads: i
     """A GPT-NeoX language model with Pythia's layout and parameter names
     (``gpt_neox.layers.<i>.attention.query_key_value.weight`` fused and interleaved per head).
     ``width`` must be divisible by ``heads``. Its config dict is ``model.config.to_dict()``."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    import warnings
+
+    with warnings.catch_warnings():  # tqdm.auto warns in notebooks without ipywidgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     if width % heads:
         raise ValueError(f"width={width} is not divisible by heads={heads}")

@@ -311,8 +311,12 @@ def open_hub(repo_id: str, revisions: Sequence[str], *, steps=None, cache_dir: s
     when the revision has them, else ``pytorch_model.bin``, loaded weights-only), then read in
     place. With ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` only the cache is used.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    import warnings
+
+    with warnings.catch_warnings():  # tqdm.auto warns in notebooks without ipywidgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     kwargs = dict(repo_id=repo_id, cache_dir=cache_dir)
     if local_files_only is not None:
