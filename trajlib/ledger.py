@@ -93,7 +93,8 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
     agree = sum(r["agrees"] for r in tested)
     presets = sorted({doc["preset"] for doc in results})
     lines = [f"**{agree} of {len(tested)} tested claims agree in direction** "
-             f"({len(rows) - len(tested)} more are reported but not tested at this preset). "
+             f"({len(rows) - len(tested)} more {'is' if len(rows) - len(tested) == 1 else 'are'} reported "
+             f"but not tested at this preset). "
              f"These pages were produced by the **{', '.join(presets) or '—'}** preset"
              f"{'s' if len(presets) > 1 else ''}.", "",
              "| page | claim | paper | ours | agrees | preset |", "|---|---|---|---|---|---|"]
