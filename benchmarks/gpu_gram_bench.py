@@ -97,12 +97,12 @@ def bench_T(T: int, P: int, block_cols: int) -> list[dict]:
     copy_s = timed(lambda: scratch.copy_(X))
     bw = 2 * nbytes / copy_s
     rows.append({"method": "read-once bound", "seconds": nbytes / bw, "note": f"copy bandwidth {bw / 1e12:.2f} TB/s"})
-    del scratch
+    scratch = None  # free device memory for what follows
     X64 = X.double()
     t = timed(lambda: X64 @ X64.T)
     rows.append({"method": "torch.mm float64 (raw θ)", "seconds": t,
                  **errors(raw_to_update_basis((X64 @ X64.T).cpu().numpy()), ref)})
-    del X64
+    X64 = None
     for name, tf32 in (("torch.mm float32", False), ("torch.mm TF32", True)):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         t = timed(lambda: X @ X.T)
@@ -111,8 +111,6 @@ def bench_T(T: int, P: int, block_cols: int) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = False
     theta_buf = torch.empty(T * block_cols, dtype=torch.float64, device="cuda")
     r_buf = torch.empty_like(theta_buf)
-    raw = X.view(torch.uint8).view(T, -1)
-
     def torch_path():
         G = torch.zeros(T, T, dtype=torch.float64, device="cuda")
         for c in range(0, P, block_cols):
@@ -123,7 +121,7 @@ def bench_T(T: int, P: int, block_cols: int) -> list[dict]:
 
     t = timed(torch_path)
     rows.append({"method": "trajlib torch path (per block)", "seconds": t, **errors(torch_path().cpu().numpy(), ref)})
-    del raw, theta_buf, r_buf
+    theta_buf = r_buf = None
     for precision in ("tf32x3", "ieee"):
         def kernel():
             G = torch.zeros(T, T, dtype=torch.float64, device="cuda")
@@ -143,7 +141,7 @@ def bench_host_stream(T: int, P: int, block_cols: int) -> list[dict]:
     big = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     flat = X.view(-1).view(torch.uint8)
     h2d = timed(lambda: big.copy_(flat, non_blocking=True), reps=3)
-    del big
+    big = None
     bufs = [torch.empty(T, block_cols, device="cuda") for _ in range(2)]
     copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
 

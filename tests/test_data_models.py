@@ -11,7 +11,7 @@ from PIL import Image
 
 from trajlib import data
 from trajlib.experiment import build_model, load_data
-from trajlib.models import CifarResNet, count_parameters, resnet20, tiny_gpt_neox, vgg16
+from trajlib.models import count_parameters, resnet20, tiny_gpt_neox, vgg16
 
 
 def test_resnet20_has_the_paper_parameter_counts():

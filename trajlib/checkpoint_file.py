@@ -36,6 +36,16 @@ _TORCH_TO_CODE = {
 _MAX_HEADER = 100 * 2**20
 
 
+def sha256_file(path: Path, *, offset: int = 0) -> str:
+    """sha256 of a file's bytes from ``offset`` on, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def dtype_code(torch_dtype) -> str:
     """The safetensors code ("F32", "BF16", ...) of a torch dtype."""
     try:
@@ -136,12 +146,7 @@ class SafetensorsFile(CheckpointReader):
 
     def data_sha256(self) -> str:
         """sha256 of the data section (all tensor bytes, file order)."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start)
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(self.path, offset=self.data_start)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -148,10 +148,12 @@ SWEEP_COLUMNS = ("mds", "mds_full", "relative_mds", "update_mds", "mean_consecut
 @dataclass
 class Sweep:
     """Runs of several configs × seeds: ``table`` has one row per run (label, seed, hallmarks of
-    ``group``, final accuracy), ``runs[(label, seed)]`` the runs themselves."""
+    ``group``, final accuracy), ``runs[(label, seed)]`` the runs, ``run_stats[(label, seed)]``
+    their Grams (every group the sweep was asked for, from one pass each)."""
 
     table: pd.DataFrame
     runs: dict
+    run_stats: dict
 
     def summary(self, columns=("mds", "relative_mds", "mean_consecutive_update_cos", "final_accuracy")) -> pd.DataFrame:
         """Mean and std over seeds per label (labels in sweep order)."""
@@ -159,33 +161,60 @@ class Sweep:
         out = self.table.groupby("label", sort=False)[list(columns)].agg(["mean", "std"])
         return out.loc[order]
 
-    def stats(self, label, seed=None, groups=None) -> GramStats:
-        """The Gram of one run (the first seed by default)."""
+    def stats(self, label, seed=None) -> GramStats:
+        """The Grams of one run (the first seed by default)."""
         seed = self.table["seed"].iloc[0] if seed is None else seed
-        return self.runs[(label, seed)].stats(groups)
+        return self.run_stats[(label, seed)]
 
 
-def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", task: str = "classification",
-          **common) -> Sweep:
-    """Train (or reuse) every config × seed and tabulate its hallmarks.
+def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", groups=None,
+          task: str = "classification", **common) -> Sweep:
+    """Train (or reuse) every config × seed and tabulate the hallmarks of ``group``.
 
     ``configs``: label → keyword overrides of ``common`` (for :func:`run_classification`, or
-    :func:`run_char_lm` with ``task="char_lm"``). Notebooks 02, 03, 04, 05 and 07 call this.
+    :func:`run_char_lm` with ``task="char_lm"``). ``groups``: every parameter group the caller
+    will read (``group`` included), computed in one pass per run. Notebooks 02–05 and 07.
     """
     from .hallmarks import hallmarks
 
+    groups = list(dict.fromkeys([group, *(groups or [])]))
     run = run_classification if task == "classification" else run_char_lm
-    rows, runs = [], {}
+    rows, runs, run_stats = [], {}, {}
     for label, overrides in configs.items():
         for seed in seeds:
             r = run(runs_dir, name=name, seed=seed, **{**common, **overrides})
-            stats = r.stats([group])
-            row = {"label": label, "seed": seed, **hallmarks(stats).loc[group, list(SWEEP_COLUMNS)].to_dict(),
+            stats = r.stats(groups)
+            row = {"label": label, "seed": seed, **hallmarks(stats, [group]).loc[group, list(SWEEP_COLUMNS)].to_dict(),
                    "n_params": stats.n_params[group], "run_dir": str(r.run_dir)}
             if "test_accuracy" in r.history:
                 row["final_accuracy"] = r.final_accuracy
             if "valid_loss" in r.history:
                 row["final_valid_loss"] = float(r.history["valid_loss"].iloc[-1])
             rows.append(row)
-            runs[(label, seed)] = r
-    return Sweep(pd.DataFrame(rows), runs)
+            runs[(label, seed)], run_stats[(label, seed)] = r, stats
+    return Sweep(pd.DataFrame(rows), runs, run_stats)
+
+
+def lm_family(runs_dir, *, source: str, groups, seeds, widths, base_lr: float, base_width: int,
+              lr_width_exponent: float, sizes, revision_every: int, hub_cache=None, device="cpu",
+              **train_kwargs) -> tuple[dict, dict]:
+    """The language-model family of notebooks 04 and 05, from either source.
+
+    ``source="tiny"``: tiny GPT-NeoX models of the given ``widths`` trained here on the pydoc
+    corpus (lr = base_lr · (base_width / width)^exponent, as Pythia shrinks it with size; run
+    name ``04-scale``, so both notebooks share the runs). ``source="hub"``: Pythia ``sizes`` at
+    every ``revision_every``-th linear revision, streamed from the Hugging Face hub.
+    Returns ({(label, seed): GramStats with ``groups``}, {label: dropped duplicate revisions}).
+    """
+    from . import pythia
+
+    if source == "hub":
+        suite = pythia.suite_stats({s: pythia.repo_id(s) for s in sizes}, pythia.revisions(every=revision_every),
+                                   groups=groups, device=device, cache_dir=hub_cache)
+        return {(s, 0): st for s, (st, _) in suite.items()}, {s: d for s, (_, d) in suite.items()}
+    if source != "tiny":
+        raise ValueError(f"source={source!r}: expected 'tiny' or 'hub'")
+    configs = {w: dict(width=w, lr=base_lr * (base_width / w) ** lr_width_exponent) for w in widths}
+    result = sweep(runs_dir, name="04-scale", task="char_lm", configs=configs, seeds=seeds, groups=groups,
+                   device=device, **train_kwargs)
+    return result.run_stats, {}

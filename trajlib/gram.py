@@ -160,13 +160,13 @@ def _use_triton(kernel: str, device: torch.device) -> bool:
 
 
 def accumulate(traj, plan: BlockPlan, *, device: torch.device, rank: int = 0, world: int = 1,
-               progress: bool = True, workers: int | None = None, kernel: str = "auto") -> torch.Tensor:
-    """Per-signature Grams (S, T, T) float64 of this rank's blocks (``rank::world``)."""
+               progress: bool = True, workers: int | None = None, triton: bool = False) -> torch.Tensor:
+    """Per-signature Grams (S, T, T) float64 of this rank's blocks (``rank::world``);
+    ``triton``: use the fused kernel (see :func:`_use_triton`)."""
     order = list(range(rank, len(plan.blocks), world))
     total = sum(block_nbytes(traj, plan.blocks[i]) for i in order)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="gram", disable=not progress or rank != 0,
                leave=False, delay=1.0)
-    triton = _use_triton(kernel, device)
     try:
         if triton and device.type == "cpu":  # the Triton interpreter: tests of the kernel
             return _accumulate_interpreted(traj, plan, order, bar)
@@ -331,7 +331,8 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     rank, world = _rank_world(distributed)
     block_cols = max(1, block_bytes // (4 * traj.T))
     plan = plan_blocks(traj, resolved, block_cols=block_cols)
-    Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress, kernel=kernel)
+    triton = _use_triton(kernel, device)
+    Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress, triton=triton)
     if world > 1:
         import torch.distributed as dist
 
@@ -343,7 +344,7 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     for gi, gname in enumerate(plan.groups):
         grams[gname] = sum((Gs[s] for s, m in enumerate(plan.members) if gi in m), np.zeros((traj.T, traj.T)))
     meta = {"key": key, "source": traj.source, "fingerprint": traj.fingerprint(), "device": str(device),
-            "kernel": "triton" if _use_triton(kernel, device) else "torch",
+            "kernel": "triton" if triton else "torch",
             "block_bytes": block_bytes, "updates": updates, "world_size": world}
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
                       list(traj.labels), meta)

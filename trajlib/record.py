@@ -65,8 +65,8 @@ def _versions() -> dict[str, str]:
 def _optimizer_meta(optimizer) -> dict | None:
     if optimizer is None:
         return None
-    groups = [{k: v for k, v in g.items() if k != "params" and isinstance(v, (int, float, str, bool, tuple, list, type(None)))}
-              for g in optimizer.param_groups]
+    plain = (int, float, str, bool, tuple, list, type(None))
+    groups = [{k: v for k, v in g.items() if k != "params" and isinstance(v, plain)} for g in optimizer.param_groups]
     return {"class": type(optimizer).__name__, "param_groups": groups}
 
 
@@ -194,7 +194,7 @@ class Recorder:
         self._batch.append((entry, snapshot))
         now = time.monotonic()
         if (now - self._handed_off >= self.flush_interval or len(self._batch) == 1 and not self._started
-                or len(self._batch) >= self.layout._max // 2):
+                or len(self._batch) >= self.layout.max_buffers // 2):
             self._handoff()
 
     def _handoff(self) -> None:

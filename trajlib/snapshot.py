@@ -45,7 +45,7 @@ class SnapshotLayout:
         self.file_bytes = len(self.prefix) + offset
         self._prefix_hash = hashlib.sha256(self.prefix)
         self._free: queue.Queue = queue.Queue()
-        self._made, self._max = 0, max(2, max_buffers)
+        self._made, self.max_buffers = 0, max(2, max_buffers)
 
     def _views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         return [buf[a:b].view(t.dtype).view(t.shape) for (a, b), t in zip(self._spans, self.live)]
@@ -57,7 +57,7 @@ class SnapshotLayout:
         try:
             buf = self._free.get_nowait()
         except queue.Empty:
-            if self._made < self._max:
+            if self._made < self.max_buffers:
                 self._made += 1
                 buf = torch.empty(self.data_bytes, dtype=torch.uint8)
             else:

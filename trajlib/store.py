@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .checkpoint_file import (
-    FLOAT_CODES, HF_FILES, ST_DTYPES, CheckpointReader, SafetensorsFile, open_checkpoint_dir,
+    FLOAT_CODES, HF_FILES, ST_DTYPES, CheckpointReader, SafetensorsFile, open_checkpoint_dir, sha256_file,
 )
 from .manifest import MANIFEST, TrajectoryError, read_manifest
 
@@ -179,7 +179,7 @@ class Trajectory:
         if hashes:
             for t, expect in enumerate(self.file_hashes):
                 if expect is not None:
-                    got = _file_sha256(self.readers[t].path)
+                    got = sha256_file(self.readers[t].path)
                     if got != expect:
                         findings.append(f"{self.readers[t].path}: sha256 {got[:12]}… differs from the "
                                         f"manifest's {expect[:12]}… (file changed or corrupt)")
@@ -218,14 +218,6 @@ def _to_float64(arr: np.ndarray, code: str) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- sources ---------------------------------------------------------------------------------
 def open_run(run_dir: str | Path, *, verify: bool = False) -> Trajectory:
     """Open a run written by ``Recorder``; ``verify`` re-hashes every file against the manifest."""
@@ -243,7 +235,7 @@ def open_run(run_dir: str | Path, *, verify: bool = False) -> Trajectory:
         if path.stat().st_size != entry["bytes"]:
             raise TrajectoryError(f"{path}: {path.stat().st_size} bytes, the manifest records "
                                   f"{entry['bytes']} (truncated or replaced)")
-        if verify and _file_sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             raise TrajectoryError(f"{path}: sha256 differs from the manifest (corrupt file)")
         readers.append(SafetensorsFile(path))
     expected = {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in manifest["tensors"]}
