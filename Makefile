@@ -20,10 +20,12 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 book: $(STAMP)
-	$(PY) -m trajlib reproduce --preset laptop
+	$(PY) -m trajlib.paper reproduce --preset laptop
 
+# JupyterLab on the notebooks with a kernel named after this project's venv (--allow-root only as root)
 lab: $(STAMP) $(LAB)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m ipykernel install --sys-prefix --name trajlib --display-name "trajlib (.venv)" >/dev/null
+	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 $(LAB): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lab]'

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import trajlib
-from trajlib.data import digits
-from trajlib.models import SmallCNN
+from trajlib.paper.data import digits
+from trajlib.paper.models import SmallCNN
 
 
 def loop(steps: int, width: int, run_dir: str | None, batches) -> float:

@@ -102,7 +102,7 @@ def fake_hub(cache, repo: str, width: int, revs: list[str], duplicate_of: dict[s
 
     from safetensors.torch import save_file
 
-    from trajlib.models import tiny_gpt_neox
+    from trajlib.paper.models import tiny_gpt_neox
 
     model = tiny_gpt_neox(vocab_size=17, width=width, layers=2, heads=2, context=8, seed=width)
     org, name = repo.split("/")
@@ -137,7 +137,7 @@ def ci_book(tmp_path_factory):
     """
     import shutil
 
-    from trajlib.reproduce import reproduce
+    from trajlib.paper.book import reproduce
 
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO / "notebooks", root / "notebooks")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 import yaml
 
 
@@ -25,6 +27,9 @@ class Refs(HTMLParser):
 
 def html_dir(root: Path) -> Path:
     return root / "book" / "_build" / "html"
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_book_built_with_warnings_as_errors(ci_book):

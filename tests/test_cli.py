@@ -39,10 +39,16 @@ def test_errors_name_the_culprit(walk_run, tmp_path, capsys):
     run, _ = walk_run
     assert main(["gram", str(run), "--group", "bogus"]) == 2
     assert "unknown parameter group 'bogus'" in capsys.readouterr().err
-    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert main(["inspect", str(tmp_path / "missing")]) == 4
     assert "no such run directory" in capsys.readouterr().err
+    (run / "manifest.json").write_text("[1, 2]")
+    assert main(["inspect", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert "invalid data" in err and "manifest.json" in err and len(err.strip().splitlines()) == 1
+    from trajlib.paper.__main__ import main as paper_main
+
     with pytest.raises(SystemExit):
-        main(["reproduce", "--preset", "huge"])
+        paper_main(["reproduce", "--preset", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 

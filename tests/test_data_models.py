@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trajlib import data
-from trajlib.experiment import build_model, load_data
-from trajlib.models import count_parameters, resnet20, tiny_gpt_neox, vgg16
+from trajlib.paper import data
+from trajlib.paper.runs import build_model, load_data
+from trajlib.paper.models import count_parameters, resnet20, tiny_gpt_neox, vgg16
 
 
 def test_resnet20_has_the_paper_parameter_counts():

@@ -12,7 +12,7 @@ from conftest import REPO
 
 import trajlib
 from trajlib import hallmarks as H
-from trajlib.reproduce import Layout, available, reproduce
+from trajlib.paper.book import Layout, available, reproduce
 
 NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
 FIGURES = [n for n in NOTEBOOKS if n[0].isdigit()]  # pages that test paper claims
@@ -24,6 +24,9 @@ def results(root: Path, name: str) -> dict:
 
 def executed(root: Path, name: str):
     return nbformat.read(root / "book" / "figures" / f"{name}.ipynb", as_version=4)
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_all_notebooks_ran(ci_book):
@@ -124,7 +127,7 @@ def test_unknown_names_presets_and_override_keys_list_the_valid_ones(tmp_path):
 
 
 def test_presets_file_overrides_only_declared_parameters():
-    from trajlib.presets import load_presets, parameters_for
+    from trajlib.paper.presets import load_presets, parameters_for
 
     presets = load_presets(REPO / "notebooks" / "presets.yml")
     for preset, per_nb in presets.items():
@@ -198,27 +201,31 @@ def test_06_mechanism_claims(ci_book):
     assert all(r["agrees"] for r in doc["claims"]), [r["claim"] for r in doc["claims"] if not r["agrees"]]
 
 
-@pytest.mark.parametrize("name", ["04-scale", "05-qkv"])
-def test_paper_preset_hub_path_runs_on_a_stand_in_hub(tmp_path, monkeypatch, name):
-    """Notebooks 04/05 with source="hub" (the paper preset's code path), offline, on a local
-    huggingface_hub cache holding tiny GPT-NeoX models under Pythia's names and revisions."""
+@pytest.mark.slow
+def test_paper_preset_hub_path_runs_on_a_stand_in_hub(tmp_path, monkeypatch):
+    """Notebooks 04 then 05 with source="hub" (the paper preset's code path), offline, on a local
+    huggingface_hub cache holding tiny GPT-NeoX models under Pythia's names and revisions; 05
+    takes its language-model family from page 04's recorded parameters."""
     import papermill
 
     from conftest import fake_hub
-    from trajlib import pythia
+    from trajlib.paper import pythia
 
     revs = pythia.revisions(every=143)  # step0, step1 … step512, step1000
     fake_hub(tmp_path / "hub", pythia.repo_id("14m"), 8, revs, {"step2": "step1"})
     fake_hub(tmp_path / "hub", pythia.repo_id("70m"), 16, revs, {})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRAJLIB_CACHE", str(tmp_path / "grams"))
-    params = {"source": "hub", "sizes": ["14m", "70m"], "revision_every": 143, "hub_cache": str(tmp_path / "hub")}
-    if name == "04-scale":
-        params.update(mlp_widths=[8, 32], mlp_epochs=3)
-    papermill.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters=params, cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
-    doc = json.loads((tmp_path / "results" / f"{name}.json").read_text())
-    assert doc["parameters"]["source"] == "hub"
-    assert all(r["ours"] is None or np.isfinite(r["ours"]) for r in doc["claims"])
-    if name == "04-scale":
-        assert doc["values"]["dropped"] == {"14m": ["step2"], "70m": []}
+    params = {"source": "hub", "sizes": ["14m", "70m"], "revision_every": 143, "hub_cache": str(tmp_path / "hub"),
+              "mlp_widths": [8, 32], "mlp_epochs": 3}
+    for name, p in (("04-scale", params), ("05-qkv", {})):
+        papermill.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+                                   parameters=p, cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    doc = json.loads((tmp_path / "results" / "04-scale.json").read_text())
+    assert doc["parameters"]["source"] == "hub" and doc["parameters"]["hub_cache"] == str(tmp_path / "hub")
+    assert doc["values"]["dropped"] == {"14m": ["step2"], "70m": []}
+    qkv = json.loads((tmp_path / "results" / "05-qkv.json").read_text())
+    assert qkv["parameters"]["family"]["sizes"] == ["14m", "70m"]
+    assert {r["label"] for r in qkv["values"]["qkv"].values()} == {"14m", "70m"}
+    for d in (doc, qkv):
+        assert all(r["ours"] is None or np.isfinite(r["ours"]) for r in d["claims"])

@@ -17,9 +17,19 @@ def _norm(spec: str) -> str:
     return re.sub(r"[-_.]+", "-", spec.replace(" ", "").lower())
 
 
+def _expand(project: dict, extra: str) -> list[str]:
+    """The requirements of an extra, with ``trajlib[...]`` self-references expanded."""
+    out = []
+    for req in project["optional-dependencies"][extra]:
+        m = re.fullmatch(r"trajlib\[(.*)\]", req)
+        out += [r for e in m.group(1).split(",") for r in _expand(project, e)] if m else [req]
+    return out
+
+
 def test_environment_yml_mirrors_pyproject():
+    """environment.yml holds what `make test` installs: the core, and the dev extra expanded."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    declared = sorted(set(project["dependencies"] + _expand(project, "dev")))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(map(_norm, pip)) == sorted(map(_norm, declared))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trajlib import hallmarks as H
-from trajlib import pythia
+from trajlib.paper import pythia
 from conftest import fake_hub
 
 

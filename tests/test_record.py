@@ -51,7 +51,8 @@ def test_theta0_then_every_n_steps_with_full_metadata(tmp_path):
     assert manifest["groups"]["bn"] == ["1.weight", "1.bias"]
     for c in manifest["checkpoints"]:
         data = (tmp_path / "r" / c["file"]).read_bytes()
-        assert c["bytes"] == len(data) and c["sha256"] == hashlib.sha256(data).hexdigest()
+        header = 8 + int.from_bytes(data[:8], "little")
+        assert c["bytes"] == len(data) and c["content_sha256"] == hashlib.sha256(data[header:]).hexdigest()
         assert isinstance(c["wall_time"], float)
     assert manifest["checkpoints"][2]["metrics"]["loss"] > 0 and manifest["checkpoints"][2]["epoch"] == 1.0
     traj = trajlib.open_trajectory(tmp_path / "r")
@@ -134,13 +135,13 @@ def test_resume_appends_and_refuses_a_different_model(tmp_path):
 
 def test_training_does_not_wait_for_the_disk_but_flush_does(tmp_path, monkeypatch):
     """Snapshots are copied on the caller's thread and written by the background thread."""
-    from trajlib.snapshot import SnapshotLayout
+    from trajlib.writer import SnapshotLayout
 
     slow_write = SnapshotLayout.write
 
-    def delayed(self, path, buf):
+    def delayed(self, path, buf, **kwargs):
         time.sleep(0.3)
-        return slow_write(self, path, buf)
+        return slow_write(self, path, buf, **kwargs)
 
     monkeypatch.setattr(SnapshotLayout, "write", delayed)
     model = bn_net()
@@ -155,22 +156,23 @@ def test_training_does_not_wait_for_the_disk_but_flush_does(tmp_path, monkeypatc
 
 
 def test_write_errors_surface_on_the_training_thread(tmp_path, monkeypatch):
-    from trajlib.snapshot import SnapshotLayout
+    from trajlib.writer import SnapshotLayout
 
     model = bn_net()
     rec = trajlib.Recorder(model, tmp_path / "r", every=1)
     rec.flush()
 
-    def broken(self, path, buf):
+    def broken(self, path, buf, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(SnapshotLayout, "write", broken)
     rec.save(1)
-    with pytest.raises(TrajectoryError, match="No space left"):
+    with pytest.raises(TrajectoryError, match="step 1 not saved: .*No space left"):
         rec.flush()
     monkeypatch.undo()
+    rec.save(2)  # the failed snapshot's buffer came back: recording goes on
     rec.close()
-    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0]  # what was saved stays
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 2]  # what was saved stays
 
 
 KILL_SCRIPT = textwrap.dedent("""

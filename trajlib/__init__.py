@@ -1,30 +1,32 @@
 """trajlib: record, store and stream neural-network optimisation trajectories, and compute the
 hallmarks of *Hallmarks of Optimization Trajectories in Neural Networks* (arXiv 2403.07379).
 
-Public API: :class:`Recorder`, :func:`open_trajectory`, :func:`gram`, :mod:`hallmarks`,
-:mod:`plot` (imported lazily: matplotlib is loaded only when plotting).
+The library: :class:`Recorder` (record), :func:`open_trajectory` (sources), :func:`gram` (the
+streamed fp64 Gram engine), :func:`hallmark_table` and :mod:`hallmarks` (the T×T algebra),
+:mod:`plot` (figures; imported lazily, so matplotlib loads only when plotting). The machinery
+that reproduces the paper lives in :mod:`trajlib.paper` and is never imported from here.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import hallmarks
 from .gram import gram
+from .hallmarks import hallmark_table
 from .manifest import TrajectoryError
-from .record import Recorder, log_linear_steps
+from .record import Recorder, batchnorm_parameters, log_linear_steps, select_tensors
+from .sources import open_trajectory
 from .stats import GramStats
-from .store import Trajectory, open_trajectory
-
-
-_LAZY = ("plot", "pythia", "theory", "experiment", "data", "models", "train", "ledger")
+from .store import Checkpoint, Trajectory
 
 
 def __getattr__(name):
-    if name in _LAZY:  # heavier modules (matplotlib, transformers) load on first use
+    if name == "plot":  # matplotlib and seaborn load on first use
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(".plot", __name__)
     raise AttributeError(f"module 'trajlib' has no attribute {name!r}")
 
 
-__all__ = ["Recorder", "open_trajectory", "gram", "hallmarks", "plot", "GramStats", "Trajectory",
-           "TrajectoryError", "log_linear_steps"]
+__all__ = ["Recorder", "open_trajectory", "gram", "hallmark_table", "hallmarks", "plot", "GramStats",
+           "Trajectory", "Checkpoint", "TrajectoryError", "log_linear_steps", "select_tensors",
+           "batchnorm_parameters"]

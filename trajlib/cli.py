@@ -1,4 +1,9 @@
-"""The ``trajlib`` command line: reproduce, build, gram, inspect."""
+"""The ``trajlib`` command line: ``inspect`` a run and print its hallmarks with ``gram``.
+
+Exit codes: 0 done (or a clean run); 1 ``inspect`` found problems; 2 bad arguments; 3 the data
+is invalid (a :class:`~trajlib.manifest.TrajectoryError`, one line naming the file); 4 a file or
+folder is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +11,27 @@ import argparse
 import logging
 import sys
 
-from .presets import PRESETS
+from .manifest import TrajectoryError
 
-
-def _reproduce(args) -> int:
-    from .reproduce import reproduce
-
-    return reproduce(preset=args.preset, only=args.only, keep_going=args.keep_going, build=not args.no_build)
-
-
-def _build(args) -> int:
-    from .reproduce import Layout, build_book, write_ledger
-
-    layout = Layout()
-    write_ledger(layout)
-    return build_book(layout)
+EXIT_FINDINGS, EXIT_USAGE, EXIT_INVALID, EXIT_MISSING = 1, 2, 3, 4
 
 
 def _gram(args) -> int:
     import pandas as pd
 
     from .gram import gram
-    from .hallmarks import hallmarks
-    from .store import open_trajectory
+    from .hallmarks import hallmark_table
+    from .sources import open_trajectory
 
     traj = open_trajectory(args.run, drop_duplicates=args.drop_duplicates)
-    stats = gram(traj, groups=args.group or None, device=args.device, updates=args.updates,
-                 cache=not args.no_cache, heads=args.heads)
+    stats = gram(traj, groups=args.group or None, device=args.device, cache=not args.no_cache)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 4):
-        print(hallmarks(stats, updates=args.updates))
+        print(hallmark_table(stats))
     return 0
 
 
 def _inspect(args) -> int:
-    from .store import open_trajectory
+    from .sources import open_trajectory
 
     traj = open_trajectory(args.run)
     print(traj)
@@ -56,30 +48,21 @@ def _inspect(args) -> int:
     for f in findings:
         print(f"  ! {f}")
     print("  valid" if not findings else f"  {len(findings)} finding(s)")
-    return 1 if findings else 0
+    return EXIT_FINDINGS if findings else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="trajlib", description="Optimisation trajectories: record, stream, hallmark.")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trajlib", description="Optimisation trajectories: inspect a run, "
+                                "compute its hallmarks.", epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("reproduce", help="execute the notebooks at a preset, then build the book")
-    r.add_argument("--preset", default="laptop", choices=PRESETS)
-    r.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers (e.g. 01 03-batch-size)")
-    r.add_argument("--keep-going", action="store_true", help="run the other notebooks after a failure")
-    r.add_argument("--no-build", action="store_true", help="execute the notebooks only")
-    r.set_defaults(fn=_reproduce)
-
-    b = sub.add_parser("build", help="render the ledger and build the book from executed notebooks")
-    b.set_defaults(fn=_build)
-
-    g = sub.add_parser("gram", help="compute (or reuse) a run's Gram and print its hallmarks")
-    g.add_argument("run", help="run directory, Hugging Face checkpoint folder")
-    g.add_argument("--group", action="append", help="all, bn, layers, modules, qkv, qkv_heads or name=regex (repeatable)")
+    g = sub.add_parser("gram", help="compute (or reuse) a run's Gram and print its hallmark table")
+    g.add_argument("run", help="run directory or Hugging Face checkpoint folder")
+    g.add_argument("--group", action="append",
+                   help="all, matrices, bn, layers, modules, qkv[:heads], qkv_heads[:heads] or name=regex (repeatable)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--updates", default="full", choices=("band", "full"))
-    g.add_argument("--heads", type=int, help="attention heads (qkv groups) if the run has no config")
     g.add_argument("--no-cache", action="store_true")
     g.add_argument("--drop-duplicates", action="store_true")
     g.set_defaults(fn=_gram)
@@ -89,14 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--no-hash", action="store_true", help="skip sha256 and duplicate checks")
     i.add_argument("--no-finite", action="store_true", help="skip the NaN/Inf scan")
     i.set_defaults(fn=_inspect)
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except TrajectoryError as exc:
+        print(f"trajlib {args.command}: invalid data: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except FileNotFoundError as exc:
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_MISSING
+    except ValueError as exc:
+        print(f"trajlib {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

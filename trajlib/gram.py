@@ -14,6 +14,7 @@ previous block is multiplied (pinned buffers and asynchronous copies on CUDA). U
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,16 +27,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint_file import ST_DTYPES
+from .formats import ST_DTYPES, torch_dtype
 from .groups import BlockPlan, block_nbytes, plan_blocks, resolve_groups
 from .manifest import TrajectoryError
 from .stats import GramStats
+from .threads import single_threaded
 
 log = logging.getLogger("trajlib.gram")
 
 DEFAULT_BLOCK_BYTES = 8 << 20  # one read slab: T rows × ncols float32 columns
 COMPUTE_BYTES = 2 << 20  # one float64 (T, sub) work buffer on the CPU path: stays in L2/L3
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+MAX_CACHED = 8  # Gram caches kept per folder; the least recently used beyond this are deleted
 
 
 def _device(device) -> torch.device:
@@ -65,7 +67,7 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
     ``src``: uint8 bytes of a (T, n) slice; ``theta_buf``/``r_buf``: float64 work buffers of
     ≥ T·sub elements; columns are processed ``sub`` at a time so the buffers stay in cache.
     """
-    S = src.view(_TORCH_DTYPES[dtype]).view(T, n)
+    S = src.view(torch_dtype(dtype)).view(T, n)
     sub = n if sub is None else sub
     for c in range(0, n, sub):
         m = min(sub, n - c)
@@ -190,33 +192,31 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
 
     def work(w: int) -> None:
         try:
-            buf = torch.empty(_staging_bytes(traj, plan), dtype=torch.uint8)
-            sub = max(64, COMPUTE_BYTES // (8 * T))
-            theta_buf = torch.empty(T * min(sub, plan.max_cols), dtype=torch.float64)
-            r_buf = torch.empty_like(theta_buf)
-            for bi in order[w::workers]:
-                if errors:
-                    return
-                block = plan.blocks[bi]
-                src = _fill(traj, block, buf)
-                _block_gram(src, block.dtype, T, block.ncols, theta_buf, r_buf, partial[w][block.signature],
-                            sub, split)
-                bar.update(len(src))
+            with single_threaded() if workers > 1 else contextlib.nullcontext():
+                _work(w)
         except BaseException as exc:
             errors.append(exc)
 
-    threads_before = torch.get_num_threads()
-    if workers > 1:
-        torch.set_num_threads(1)
-    try:
-        pool = [threading.Thread(target=work, args=(w,), name=f"trajlib-gram-{w}") for w in range(1, workers)]
-        for th in pool:
-            th.start()
-        work(0)
-        for th in pool:
-            th.join()
-    finally:
-        torch.set_num_threads(threads_before)
+    def _work(w: int) -> None:
+        buf = torch.empty(_staging_bytes(traj, plan), dtype=torch.uint8)
+        sub = max(64, COMPUTE_BYTES // (8 * T))
+        theta_buf = torch.empty(T * min(sub, plan.max_cols), dtype=torch.float64)
+        r_buf = torch.empty_like(theta_buf)
+        for bi in order[w::workers]:
+            if errors:
+                return
+            block = plan.blocks[bi]
+            src = _fill(traj, block, buf)
+            _block_gram(src, block.dtype, T, block.ncols, theta_buf, r_buf, partial[w][block.signature],
+                        sub, split)
+            bar.update(len(src))
+
+    pool = [threading.Thread(target=work, args=(w,), name=f"trajlib-gram-{w}") for w in range(1, workers)]
+    for th in pool:
+        th.start()
+    work(0)  # the calling thread is worker 0
+    for th in pool:
+        th.join()
     if errors:
         raise errors[0]
     return _symmetrize(sum(partial[1:], partial[0]), split)
@@ -256,7 +256,7 @@ def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, trito
             reader.free.put((buf, copied))
             compute.wait_event(copied)
             if triton:
-                x = dst.view(_TORCH_DTYPES[block.dtype]).view(T, block.ncols)
+                x = dst.view(torch_dtype(block.dtype)).view(T, block.ncols)
                 triton_gram.block_gram(x, Gs[block.signature])
             else:
                 _block_gram(dst, block.dtype, T, block.ncols, theta_buf, r_buf, Gs[block.signature])
@@ -278,7 +278,7 @@ def _accumulate_interpreted(traj, plan: BlockPlan, order: list[int], bar) -> tor
     for bi in order:
         block = plan.blocks[bi]
         src = _fill(traj, block, buf)
-        triton_gram.block_gram(src.view(_TORCH_DTYPES[block.dtype]).view(T, block.ncols), Gs[block.signature])
+        triton_gram.block_gram(src.view(torch_dtype(block.dtype)).view(T, block.ncols), Gs[block.signature])
         bar.update(len(src))
     return triton_gram.finish(Gs)
 
@@ -302,36 +302,30 @@ def _cache_key(traj, groups: dict) -> str:
     return h.hexdigest()[:20]
 
 
-def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BYTES,
-         updates: str = "band", heads: int | None = None, cache=True, progress: bool = True,
-         distributed: bool | None = None, kernel: str = "auto") -> GramStats:
+def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BYTES, cache=True,
+         progress: bool = True, distributed: bool | None = None, kernel: str = "auto") -> GramStats:
     """Stream ``traj`` once and return the per-group Grams of [θ_0; u_0..u_{T-2}] (GramStats).
 
-    ``groups``: specs of ``trajlib.groups`` (default ``["all"]``). ``block_bytes``: size of one
-    read slab (T rows of float32 columns); memory is about workers × (block_bytes + 4 MiB). ``updates``: "band" or "full";
-    both cost the same here (the update rows are the Gram's rows) and select which update
-    hallmarks ``hallmarks()`` reports. ``cache``: True saves/reuses ``gram-<key>.npz`` beside
-    the run (or under ``$TRAJLIB_CACHE``), a path chooses the folder, False disables it.
+    ``groups``: specs of ``trajlib.groups`` (default ``["all"]``), all computed in this one
+    pass. ``block_bytes``: size of one read slab (T rows of float32 columns); memory is about
+    workers × (block_bytes + 4 MiB). ``cache``: True saves/reuses ``gram-<key>.npz`` beside
+    the run (or under ``$TRAJLIB_CACHE``; at most ``MAX_CACHED`` kept per folder, a corrupt
+    one is reported and recomputed), a path chooses the folder, False disables it.
     ``distributed``: None uses torch.distributed when it is initialised. ``kernel``: "auto"
     (the fused Triton kernel on a capable GPU, else torch), "torch" or "triton".
     """
-    if updates not in ("band", "full"):
-        raise ValueError(f"updates={updates!r}: expected 'band' or 'full'")
     device = _device(device)
-    resolved = resolve_groups(traj, groups, heads=heads)
+    resolved = resolve_groups(traj, groups)
+    triton = _use_triton(kernel, device)
     folder = _cache_path(traj, cache)
     key = _cache_key(traj, resolved)
     path = folder / f"gram-{key}.npz" if folder is not None else None
-    if path is not None and path.is_file():
-        stats = GramStats.load(path)
-        if stats.meta.get("key") == key:
-            log.info("reusing %s", path)
-            stats.meta["updates"] = updates
-            return stats
+    cached = _load_cached(path, key)
+    if cached is not None:
+        return cached
     rank, world = _rank_world(distributed)
     block_cols = max(1, block_bytes // (4 * traj.T))
     plan = plan_blocks(traj, resolved, block_cols=block_cols)
-    triton = _use_triton(kernel, device)
     Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress, triton=triton)
     if world > 1:
         import torch.distributed as dist
@@ -344,16 +338,37 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     for gi, gname in enumerate(plan.groups):
         grams[gname] = sum((Gs[s] for s, m in enumerate(plan.members) if gi in m), np.zeros((traj.T, traj.T)))
     meta = {"key": key, "source": traj.source, "fingerprint": traj.fingerprint(), "device": str(device),
-            "kernel": "triton" if triton else "torch",
-            "block_bytes": block_bytes, "updates": updates, "world_size": world}
+            "kernel": "triton" if triton else "torch", "block_bytes": block_bytes, "world_size": world}
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
                       list(traj.labels), meta)
     if path is not None and rank == 0:
         try:
             stats.save(path)
+            _prune_cache(folder)
         except OSError as exc:
             log.warning("could not cache the Gram at %s: %s", path, exc)
     return stats
+
+
+def _load_cached(path: Path | None, key: str) -> GramStats | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        stats = GramStats.load(path)
+    except Exception as exc:  # a torn or foreign file is a cache miss, never fatal
+        log.warning("%s: unreadable Gram cache (%s: %s); recomputing", path, type(exc).__name__, exc)
+        return None
+    if stats.meta.get("key") != key:
+        return None
+    log.info("reusing %s", path)
+    os.utime(path)  # most recently used
+    return stats
+
+
+def _prune_cache(folder: Path) -> None:
+    caches = sorted(folder.glob("gram-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in caches[MAX_CACHED:]:
+        old.unlink(missing_ok=True)
 
 
 def _raise_if_nonfinite(traj, plan: BlockPlan, Gs: np.ndarray) -> None:

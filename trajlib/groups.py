@@ -11,7 +11,8 @@ A group is a list of segments ``(tensor, start, stop)`` of flattened tensors. Gr
 * ``"modules"``: one group per module (the name without its last component);
 * ``"qkv"`` / ``"qkv_heads"``: Q, K and V of each GPT-NeoX attention layer (per head for the
   second). GPT-NeoX fuses them in ``query_key_value`` of shape (3H, H), interleaved per head:
-  ``view(heads, 3, head_size, H)``; the first H rows are *not* Q;
+  ``view(heads, 3, head_size, H)``; the first H rows are *not* Q. The number of heads comes
+  from the run's config (``num_attention_heads``) or the spec itself: ``"qkv:8"``;
 * ``{"name": regex}`` or ``"name=regex"``: tensors whose names match ``regex``.
 
 :func:`plan_blocks` splits the parameter vector into *atoms* (ranges whose group membership is
@@ -23,16 +24,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from .checkpoint_file import ST_DTYPES
+from .formats import ST_DTYPES
 
 Segment = tuple[str, int, int]
-NAMED_SPECS = ("all", "matrices", "bn", "layers", "modules", "qkv", "qkv_heads")
-
-
-def _params(traj) -> list[str]:
-    return [n for n in traj.names if traj.kinds[n] == "parameter"]
+NAMED_SPECS = ("all", "matrices", "bn", "layers", "modules", "qkv", "qkv_heads", "qkv:<heads>")
 
 
 def _whole(traj, names) -> list[Segment]:
@@ -54,12 +51,12 @@ def _heads(traj, heads: int | None) -> int:
     if "num_attention_heads" in config:
         return int(config["num_attention_heads"])
     raise ValueError(f"{traj.source}: the number of attention heads is unknown (no config with "
-                     f"num_attention_heads); pass heads=")
+                     f"num_attention_heads); give it in the group spec, e.g. 'qkv:8'")
 
 
 def _qkv(traj, heads: int | None, per_head: bool) -> dict[str, list[Segment]]:
     out: dict[str, list[Segment]] = {}
-    fused = [n for n in _params(traj) if re.search(r"attention\.query_key_value\.(weight|bias)$", n)]
+    fused = [n for n in traj.parameters if re.search(r"attention\.query_key_value\.(weight|bias)$", n)]
     if not fused:
         raise ValueError(f"{traj.source}: no GPT-NeoX query_key_value tensors for the qkv groups")
     n_heads = _heads(traj, heads)
@@ -79,7 +76,7 @@ def _qkv(traj, heads: int | None, per_head: bool) -> dict[str, list[Segment]]:
     return out
 
 
-def resolve_groups(traj, groups=None, *, heads: int | None = None) -> dict[str, list[Segment]]:
+def resolve_groups(traj, groups=None) -> dict[str, list[Segment]]:
     """Expand group specs (see module docstring) into named segment lists, in a stable order."""
     if groups is None:
         groups = ["all"]
@@ -94,9 +91,9 @@ def resolve_groups(traj, groups=None, *, heads: int | None = None) -> dict[str, 
             gname, pattern = spec.split("=", 1)
             out[gname] = _regex_group(traj, gname, pattern)
         elif spec == "all":
-            out["all"] = _whole(traj, _params(traj))
+            out["all"] = _whole(traj, traj.parameters)
         elif spec == "matrices":
-            out["matrices"] = _whole(traj, [n for n in _params(traj) if len(traj.shapes[n]) >= 2])
+            out["matrices"] = _whole(traj, [n for n in traj.parameters if len(traj.shapes[n]) >= 2])
         elif spec == "bn":
             if "bn" not in traj.groups:
                 raise ValueError(f"{traj.source}: no BatchNorm group recorded (only trajlib runs "
@@ -106,10 +103,10 @@ def resolve_groups(traj, groups=None, *, heads: int | None = None) -> dict[str, 
             out["bn"] = _whole(traj, [n for n in traj.names if n in set(traj.groups["bn"])])
         elif spec in ("layers", "modules"):
             key = _layer_of if spec == "layers" else (lambda n: ".".join(n.split(".")[:-1]) or n)
-            for n in _params(traj):
+            for n in traj.parameters:
                 out.setdefault(key(n), []).extend(_whole(traj, [n]))
-        elif spec in ("qkv", "qkv_heads"):
-            out.update(_qkv(traj, heads, spec == "qkv_heads"))
+        elif (m := re.fullmatch(r"(qkv|qkv_heads)(?::(\d+))?", spec)):
+            out.update(_qkv(traj, None if m.group(2) is None else int(m.group(2)), m.group(1) == "qkv_heads"))
         else:
             raise ValueError(f"unknown parameter group {spec!r}; valid: {', '.join(NAMED_SPECS)}, "
                              f"'name=regex' or a {{name: regex}} dict")
@@ -196,14 +193,3 @@ def plan_blocks(traj, groups: dict[str, list[Segment]], *, block_cols: int) -> B
 def block_nbytes(traj, block: Block) -> int:
     """Bytes read from disk for one block over all T checkpoints."""
     return traj.T * block.ncols * ST_DTYPES[block.dtype].itemsize
-
-
-def validate_segments(traj, groups: dict[str, Sequence[Segment]]) -> None:
-    """Raise naming the group and tensor if a segment lies outside its tensor."""
-    for gname, segs in groups.items():
-        for tensor, a, b in segs:
-            if tensor not in traj.shapes:
-                raise ValueError(f"group {gname!r}: unknown tensor {tensor!r}")
-            if not 0 <= a < b <= traj.numel(tensor):
-                raise ValueError(f"group {gname!r}: range [{a}, {b}) outside tensor {tensor!r} "
-                                 f"of {traj.numel(tensor)} elements")

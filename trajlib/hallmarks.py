@@ -159,7 +159,7 @@ SUMMARY = {
 
 
 def summary(G: np.ndarray) -> dict[str, float]:
-    """Scalar hallmarks of one group (the columns of :func:`hallmarks`)."""
+    """Scalar hallmarks of one group (the columns of :func:`hallmark_table`)."""
     G = _check(G)
     out = {name: fn(G) for name, fn in SUMMARY.items()}
     cuc = consecutive_update_cos(G)
@@ -169,20 +169,13 @@ def summary(G: np.ndarray) -> dict[str, float]:
     return out
 
 
-def hallmarks(stats, groups=None, *, updates: str = "full") -> pd.DataFrame:
-    """One row per group: n_params and the scalar hallmarks (``updates="band"`` drops update_mds).
-
-    Paper claims compare ``mds`` across runs; notebooks 01–05 and 07 call this.
-    """
-    rows = {}
-    for g in groups or stats.groups:
-        rows[g] = {"n_params": stats.n_params[g], "T": stats.T, **summary(stats[g])}
+def hallmark_table(stats, groups=None) -> pd.DataFrame:
+    """The per-group hallmark table: one row per group (index ``group``), columns n_params, T
+    and the scalar hallmarks of :func:`summary`. Paper claims compare ``mds`` across runs;
+    notebooks 01–05 and 07 call this."""
+    rows = {g: {"n_params": stats.n_params[g], "T": stats.T, **summary(stats[g])} for g in groups or stats.groups}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "group"
-    if updates == "band":
-        df = df.drop(columns=["update_mds"])
-    elif updates != "full":
-        raise ValueError(f"updates={updates!r}: expected 'band' or 'full'")
     return df
 
 
@@ -201,46 +194,6 @@ def per_checkpoint(stats, group: str = "all") -> pd.DataFrame:
         "consecutive_update_cos": pad(consecutive_update_cos(G)),
         "update_param_cos": pad(update_param_cos(G)),
     })
-
-
-def qkv_table(stats: dict) -> pd.DataFrame:
-    """Per-layer MDS of Q, K and V from ``{(label, seed): GramStats}`` holding ``qkv`` groups.
-
-    Columns: label, seed, layer, depth (layer / (layers − 1)), part (q, k, v), mds, relative_mds.
-    Notebook 05.
-    """
-    import re
-
-    rows = []
-    for (label, seed), st in stats.items():
-        found = [(m, g) for g in st.groups if (m := re.fullmatch(r"(.*)\.(\d+)\.attention\.([qkv])", g))]
-        if not found:
-            raise ValueError(f"{label}: no qkv groups in these stats; compute them with groups=['qkv']")
-        n_layers = 1 + max(int(m.group(2)) for m, _ in found)
-        for m, g in found:
-            layer = int(m.group(2))
-            rows.append({"label": label, "seed": seed, "layer": layer,
-                         "depth": layer / max(1, n_layers - 1), "part": m.group(3),
-                         "mds": mds(st[g]), "relative_mds": relative_mds(st[g])})
-    return pd.DataFrame(rows).sort_values(["label", "seed", "layer", "part"], kind="stable").reset_index(drop=True)
-
-
-def qkv_spread(qkv: pd.DataFrame) -> pd.DataFrame:
-    """Per label: the spread max − min of the seed-mean Q/K/V MDS of each layer, averaged over
-    all layers, the middle third of depths (1/3 ≤ depth ≤ 2/3) and the outer layers; and the
-    part furthest from the other two most often."""
-    mean = qkv.groupby(["label", "layer", "depth", "part"], sort=False)["mds"].mean().unstack("part")
-    spread = (mean.max(axis=1) - mean.min(axis=1)).rename("spread").reset_index()
-    far = (mean.sub(mean.median(axis=1), axis=0)).abs().idxmax(axis=1).rename("furthest").reset_index()
-    rows = []
-    for label, g in spread.groupby("label", sort=False):
-        middle = g["depth"].between(1 / 3 - 1e-9, 2 / 3 + 1e-9)
-        f = far[far["label"] == label]["furthest"].mode()
-        rows.append({"label": label, "all_layers": g["spread"].mean(),
-                     "middle": g.loc[middle, "spread"].mean() if middle.any() else float("nan"),
-                     "outer": g.loc[~middle, "spread"].mean() if (~middle).any() else float("nan"),
-                     "furthest": f.iloc[0].upper() if len(f) else ""})
-    return pd.DataFrame(rows)
 
 
 def gram_from_checkpoints(X: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "trajlib-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content_sha256 is the hash of the data section; no whole-file sha256
 MANIFEST = "manifest.json"
 
 
@@ -97,14 +97,54 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TrajectoryError(f"{path}: manifest is not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        manifest = manifest if isinstance(manifest, dict) else {}
         raise TrajectoryError(f"{path}: not a trajlib manifest (format={manifest.get('format')!r})")
+    if type(manifest.get("format_version", 0)) is not int:
+        raise TrajectoryError(f"{path}: format_version is {manifest['format_version']!r}, not an integer")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise TrajectoryError(
             f"{path}: format version {manifest['format_version']} is newer than this trajlib "
             f"reads ({FORMAT_VERSION}); upgrade trajlib"
         )
-    for key in ("tensors", "checkpoints", "groups", "meta"):
-        if key not in manifest:
-            raise TrajectoryError(f"{path}: manifest lacks the {key!r} entry")
+    _check_schema(path, manifest)
     return manifest
+
+
+def _check_schema(path: Path, manifest) -> None:
+    """Raise a TrajectoryError naming the field of the first entry whose type is wrong."""
+    def bad(where: str, why: str):
+        raise TrajectoryError(f"{path}: {where} {why}")
+
+    for key, kind in (("tensors", list), ("checkpoints", list), ("groups", dict), ("meta", dict)):
+        if key not in manifest:
+            bad(f"the {key!r} entry", "is missing")
+        if not isinstance(manifest[key], kind):
+            bad(f"the {key!r} entry", f"is a {type(manifest[key]).__name__}, not a {kind.__name__}")
+    for i, t in enumerate(manifest["tensors"]):
+        if not isinstance(t, dict):
+            bad(f"tensors[{i}]", "is not an object")
+        if not isinstance(t.get("name"), str):
+            bad(f"tensors[{i}].name", f"is {t.get('name')!r}, not a string")
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            bad(f"tensors[{i}].shape ({t['name']!r})", f"is {shape!r}, not a list of non-negative integers")
+        if not isinstance(t.get("dtype"), str) or t.get("kind") not in ("parameter", "buffer"):
+            bad(f"tensors[{i}] ({t['name']!r})", "needs a string dtype and kind 'parameter' or 'buffer'")
+    for i, c in enumerate(manifest["checkpoints"]):
+        if not isinstance(c, dict):
+            bad(f"checkpoints[{i}]", "is not an object")
+        if type(c.get("step")) is not int:
+            bad(f"checkpoints[{i}].step", f"is {c.get('step')!r}, not an integer")
+        name = c.get("file")
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            bad(f"checkpoints[{i}].file (step {c['step']})", f"is {name!r}, not a file name inside the run directory")
+        if type(c.get("bytes")) is not int or c["bytes"] < 0:
+            bad(f"checkpoints[{i}].bytes (step {c['step']})", f"is {c.get('bytes')!r}, not a byte count")
+    steps = [c["step"] for c in manifest["checkpoints"]]
+    if len(set(steps)) != len(steps):
+        dup = sorted(s for s in set(steps) if steps.count(s) > 1)
+        bad("checkpoints", f"list step {dup[0]} more than once")
+    for g, members in manifest["groups"].items():
+        if not isinstance(members, list) or not all(isinstance(n, str) for n in members):
+            bad(f"groups[{g!r}]", "is not a list of tensor names")

@@ -7,37 +7,39 @@ Two or three lines in a loop::
             ...                                   # forward, backward, optimizer.step()
             rec.step(step, epoch=epoch)           # saves when the schedule says so
 
-Saving copies the tensors to host memory on the calling thread, then hashes and writes them on
-a background thread, so training does not wait on the disk; snapshots waiting in memory are
-bounded by ``max_pending_bytes``. Each checkpoint is written durably (temp file, fsync, rename)
-before the manifest that lists it, and the manifest is rewritten the same way after each group
-of checkpoints (group commit: snapshots reach the writer at most ``flush_interval`` seconds
-apart, with one manifest write and one directory sync per group, so recording every step stays
-cheap). A crash loses at most the checkpoints in flight: those of the last ``flush_interval``.
-Reopening an existing run directory appends to it (resume).
+Saving copies the tensors to host memory on the calling thread; a background
+:class:`~trajlib.writer.CheckpointWriter` hashes and writes them, so training does not wait on
+the disk. Snapshots waiting in memory are bounded by ``max_pending_bytes``.
+
+Durability: every file is written under a temporary name, fsynced and renamed; the manifest
+lists it only after that, and is rewritten once per group of checkpoints (snapshots reach the
+writer at most ``flush_interval`` seconds apart). A killed process loses at most the
+checkpoints handed to the writer in its last ``flush_interval`` and not yet committed; the run
+always reopens. Reopening a run directory that holds checkpoints appends to it and says so
+with a warning; ``fresh=True`` starts the run over. One Recorder per directory at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import queue
 import re
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from .checkpoint_file import dtype_code
-from .manifest import (
-    MANIFEST, TrajectoryError, dumps, fsync_dir, new_manifest, read_manifest, write_manifest,
-)
-from .snapshot import SnapshotLayout
+from .formats import dtype_code
+from .manifest import FORMAT_VERSION, MANIFEST, TrajectoryError, dumps, fsync_dir, new_manifest, read_manifest, write_manifest
+from .writer import CheckpointWriter, RunLock, SnapshotLayout, remove_leftovers
 
 log = logging.getLogger("trajlib.record")
+
+_BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+              torch.nn.LazyBatchNorm1d, torch.nn.LazyBatchNorm2d, torch.nn.LazyBatchNorm3d)
 
 
 def log_linear_steps(last_step: int, *, every: int, log_until: int | None = None) -> list[int]:
@@ -52,14 +54,33 @@ def log_linear_steps(last_step: int, *, every: int, log_until: int | None = None
     return sorted(steps)
 
 
+def batchnorm_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Scale and shift parameters of every BatchNorm module of ``model``, by qualified name."""
+    return {f"{mname}.{p}" if mname else p: param
+            for mname, module in model.named_modules() if isinstance(module, _BATCHNORM)
+            for p, param in module.named_parameters(recurse=False)}
+
+
+def select_tensors(model: torch.nn.Module, *, include: str | None = None, exclude: str | None = None,
+                   buffers: bool = False) -> dict[str, tuple[torch.Tensor, str]]:
+    """The tensors a Recorder saves: name → (tensor, "parameter" | "buffer"), in model order.
+
+    ``include``/``exclude``: regexes searched in the names. Parameters always (frozen ones
+    too, tied ones once); float buffers (BatchNorm running statistics) only with ``buffers``."""
+    items = [(n, p, "parameter") for n, p in model.named_parameters()]
+    if buffers:
+        items += [(n, b, "buffer") for n, b in model.named_buffers() if b.is_floating_point()]
+    return {name: (tensor, kind) for name, tensor, kind in items
+            if (include is None or re.search(include, name)) and not (exclude and re.search(exclude, name))}
+
+
 def _versions() -> dict[str, str]:
     import numpy
-    import safetensors
 
     from . import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "safetensors": safetensors.__version__, "trajlib": __version__}
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "trajlib": __version__}
 
 
 def _optimizer_meta(optimizer) -> dict | None:
@@ -70,21 +91,73 @@ def _optimizer_meta(optimizer) -> dict | None:
     return {"class": type(optimizer).__name__, "param_groups": groups}
 
 
+def _open_for_writing(run_dir: Path, model, tensors: dict, *, fresh: bool, meta: dict) -> dict:
+    """The manifest a Recorder appends to: the run's own (checked against ``tensors``, leftovers
+    of a killed writer removed, a warning that it resumes), or a new one. Called under the lock."""
+    specs = [{"name": n, "shape": list(t.shape), "dtype": dtype_code(t.dtype), "kind": kind}
+             for n, (t, kind) in tensors.items()]
+    if (run_dir / MANIFEST).exists() and fresh:
+        _start_over(run_dir)
+    if not (run_dir / MANIFEST).exists():
+        bn = batchnorm_parameters(model)
+        frozen = [n for n, (t, kind) in tensors.items() if kind == "parameter" and not t.requires_grad]
+        manifest = new_manifest(specs, {"bn": [n for n in tensors if n in bn], "frozen": frozen},
+                                {"model": type(model).__name__, "versions": _versions(), "created": time.time(),
+                                 **meta})
+        write_manifest(run_dir, manifest)
+        return manifest
+    manifest = read_manifest(run_dir)
+    if manifest["tensors"] != specs:
+        old = {t["name"]: t for t in manifest["tensors"]}
+        new = {t["name"]: t for t in specs}
+        diff = sorted(set(old) ^ set(new)) or [n for n in new if old[n] != new[n]]
+        raise TrajectoryError(f"{run_dir / MANIFEST}: cannot resume: the model's tensors differ from the recorded "
+                              f"run (first difference: {diff[0]!r}); pass fresh=True to start the run over")
+    if manifest.get("format_version", 1) < FORMAT_VERSION:  # v1 hashed whole files
+        for c in manifest["checkpoints"]:
+            c.pop("content_sha256", None)
+        manifest["format_version"] = FORMAT_VERSION
+    removed = remove_leftovers(run_dir, {c["file"] for c in manifest["checkpoints"]})
+    if removed:
+        log.warning("%s: removed %d file(s) a killed writer left unlisted: %s", run_dir, len(removed),
+                    ", ".join(removed[:5]))
+    cks = manifest["checkpoints"]
+    if cks:
+        warnings.warn(f"Recorder: resuming {run_dir} after step {cks[-1]['step']} ({len(cks)} checkpoints "
+                      f"already recorded); pass fresh=True to start over", stacklevel=3)
+    return manifest
+
+
+def _start_over(run_dir: Path) -> None:
+    """``fresh=True``: delete the manifest, checkpoints and Gram caches of the previous run."""
+    listed = {c.get("file") for c in read_manifest(run_dir)["checkpoints"]}
+    (run_dir / MANIFEST).unlink()
+    for path in run_dir.iterdir():
+        if path.name in listed or path.name.startswith("gram-"):
+            path.unlink()
+    remove_leftovers(run_dir, set())
+    fsync_dir(run_dir)
+    log.warning("%s: fresh=True: removed the previous run (%d checkpoints)", run_dir, len(listed))
+
+
 class Recorder:
     """Write θ_t of ``model`` to ``run_dir`` on a schedule.
 
     Schedule: ``steps`` (an explicit iterable, e.g. :func:`log_linear_steps`) or ``every`` N
-    steps (default 1). ``include``/``exclude``: regexes searched in parameter names. Buffers
-    (BatchNorm running statistics) are recorded only with ``buffers=True``; tied parameters
-    once; frozen parameters too. θ_0 is saved at construction (step ``start_step``) unless the
-    run already holds checkpoints, in which case the recorder appends.
+    steps (default 1). Selection: see :func:`select_tensors`. θ_0 is saved at construction
+    (step ``start_step``) unless the run already holds checkpoints: then the recorder appends
+    (a warning says so) or, with ``fresh=True``, deletes them and starts over. Steps must
+    increase: a repeated or smaller step raises ``ValueError`` rather than being dropped.
+    ``fsync=False`` skips the per-file fsync (renames stay atomic, so a killed process still
+    loses nothing committed; only a machine crash can lose the last files).
     """
 
     def __init__(self, model: torch.nn.Module, run_dir: str | Path, *, every: int | None = None,
                  steps: Iterable[int] | None = None, include: str | None = None,
                  exclude: str | None = None, buffers: bool = False, meta: dict | None = None,
                  optimizer: torch.optim.Optimizer | None = None, seed: int | None = None,
-                 start_step: int = 0, flush_interval: float = 0.2, max_pending_bytes: int = 256 << 20):
+                 start_step: int = 0, fresh: bool = False, flush_interval: float = 0.2,
+                 max_pending_bytes: int = 256 << 20, fsync: bool = True):
         if every is not None and steps is not None:
             raise ValueError("give either every= or steps=, not both")
         if every is not None and every < 1:
@@ -92,70 +165,30 @@ class Recorder:
         self.model, self.run_dir = model, Path(run_dir)
         self.every = 1 if every is None and steps is None else every
         self.schedule = None if steps is None else set(int(s) for s in steps)
-        self.tensors = self._select(model, include, exclude, buffers)
+        self.tensors = select_tensors(model, include=include, exclude=exclude, buffers=buffers)
         if not self.tensors:
-            raise ValueError(f"include={include!r}/exclude={exclude!r} select no tensor of "
-                             f"{type(model).__name__}")
-        self.flush_interval, self.max_pending_bytes = flush_interval, max_pending_bytes
-        self._error: BaseException | None = None
-        self._entry_json: dict[int, str] = {}
+            raise ValueError(f"include={include!r}/exclude={exclude!r} select no tensor of {type(model).__name__}")
+        self.flush_interval = flush_interval
         self._lock = threading.Lock()
+        self._entry_json: dict[int, str] = {}
         snapshot = sum(t.numel() * t.element_size() for t, _ in self.tensors.values())
         self.layout = SnapshotLayout({n: t for n, (t, _) in self.tensors.items()},
                                      max_buffers=min(512, max_pending_bytes // max(1, snapshot)))
-        self._queue: queue.Queue = queue.Queue()  # memory is bounded by the snapshot buffer pool
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_lock = RunLock(self.run_dir)
+        try:
+            self.manifest = _open_for_writing(self.run_dir, model, self.tensors, fresh=fresh,
+                                              meta={"optimizer": _optimizer_meta(optimizer), "seed": seed, **(meta or {})})
+        except BaseException:
+            self._run_lock.release()
+            raise
+        self._last = max((c["step"] for c in self.manifest["checkpoints"]), default=None)
         self._batch: list = []
         self._handed_off, self._started = time.monotonic(), False
-        self._open_or_resume(model, optimizer, seed, meta or {})
-        self._known: set[int] = {c["step"] for c in self.manifest["checkpoints"]}
-        self._thread = threading.Thread(target=self._writer, name="trajlib-recorder", daemon=True)
-        self._thread.start()
+        self._writer = CheckpointWriter(self.run_dir, self.layout, self._commit, flush_interval=flush_interval,
+                                        fsync=fsync)
         if not self.manifest["checkpoints"]:
             self.save(start_step, epoch=0)
-
-    # -- setup -------------------------------------------------------------------------------
-    @staticmethod
-    def _select(model, include, exclude, buffers) -> dict[str, tuple[torch.Tensor, str]]:
-        items = [(n, p, "parameter") for n, p in model.named_parameters()]
-        if buffers:
-            items += [(n, b, "buffer") for n, b in model.named_buffers() if b.is_floating_point()]
-        keep = {}
-        for name, tensor, kind in items:
-            if include is not None and not re.search(include, name):
-                continue
-            if exclude is not None and re.search(exclude, name):
-                continue
-            keep[name] = (tensor, kind)
-        return keep
-
-    def _groups(self, model) -> dict[str, list[str]]:
-        bn = []
-        for mname, module in model.named_modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                bn += [f"{mname}.{p}" if mname else p for p, _ in module.named_parameters(recurse=False)]
-        frozen = [n for n, (t, kind) in self.tensors.items() if kind == "parameter" and not t.requires_grad]
-        return {"bn": [n for n in bn if n in self.tensors], "frozen": frozen}
-
-    def _open_or_resume(self, model, optimizer, seed, meta) -> None:
-        tensors = [{"name": n, "shape": list(t.shape), "dtype": dtype_code(t.dtype), "kind": kind}
-                   for n, (t, kind) in self.tensors.items()]
-        if (self.run_dir / MANIFEST).exists():
-            self.manifest = read_manifest(self.run_dir)
-            if self.manifest["tensors"] != tensors:
-                old = {t["name"]: t for t in self.manifest["tensors"]}
-                new = {t["name"]: t for t in tensors}
-                diff = sorted(set(old) ^ set(new)) or [n for n in new if old[n] != new[n]]
-                raise TrajectoryError(
-                    f"{self.run_dir / MANIFEST}: cannot resume: the model's tensors differ from the "
-                    f"recorded run (first difference: {diff[0]!r})"
-                )
-            log.info("resuming %s at %d checkpoints", self.run_dir, len(self.manifest["checkpoints"]))
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        run_meta = {"model": type(model).__name__, "optimizer": _optimizer_meta(optimizer),
-                    "seed": seed, "versions": _versions(), "created": time.time(), **meta}
-        self.manifest = new_manifest(tensors, self._groups(model), run_meta)
-        write_manifest(self.run_dir, self.manifest)
 
     # -- recording ---------------------------------------------------------------------------
     @property
@@ -170,11 +203,19 @@ class Recorder:
             return step in self.schedule
         return step % self.every == 0
 
+    def _check_order(self, step: int) -> None:
+        if self._last is not None and step <= self._last:
+            raise ValueError(f"{self.run_dir}: step {step} is not after the last step seen ({self._last}); steps "
+                             f"must increase (a counter reset each epoch? pass a global step)")
+
     def step(self, step: int, *, epoch: float | None = None, metrics: dict | None = None) -> bool:
-        """Call once per training step; saves if the step is due and not yet recorded."""
-        if self._error is not None:
-            self._raise_pending()
-        if not self.due(step) or step in self._known:
+        """Call once per training step (steps increasing); saves if the schedule says so.
+        Returns whether a checkpoint was taken."""
+        self._writer.raise_failures()
+        step = int(step)
+        self._check_order(step)
+        if not self.due(step):
+            self._last = step
             return False
         self.save(step, epoch=epoch, metrics=metrics)
         return True
@@ -186,12 +227,13 @@ class Recorder:
         (or sooner when they fill half of ``max_pending_bytes``): one thread wake-up per group
         rather than per step keeps recording off the training loop's critical path.
         """
-        self._raise_pending()
-        snapshot, _ = self.layout.take()
-        entry = {"step": int(step), "epoch": None if epoch is None else float(epoch),
+        self._writer.raise_failures()
+        step = int(step)
+        self._check_order(step)
+        self._last = step
+        entry = {"step": step, "epoch": None if epoch is None else float(epoch),
                  "wall_time": time.time(), "metrics": dict(metrics or {})}
-        self._known.add(int(step))
-        self._batch.append((entry, snapshot))
+        self._batch.append((entry, self.layout.take()))
         now = time.monotonic()
         if (now - self._handed_off >= self.flush_interval or len(self._batch) == 1 and not self._started
                 or len(self._batch) >= self.layout.max_buffers // 2):
@@ -200,81 +242,38 @@ class Recorder:
     def _handoff(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
-            self._queue.put(batch)
+            self._writer.put(batch)
         self._handed_off = time.monotonic()
         self._started = True
 
-    def _writer(self) -> None:
-        """Group commit: write every queued snapshot, then rewrite the manifest once."""
-        try:  # Linux applies this to the calling thread only: training keeps the cores it needs
-            os.setpriority(os.PRIO_PROCESS, 0, 10)
-        except (AttributeError, OSError):
-            pass
-        while True:
-            batches = [self._queue.get()]
-            while not self._queue.empty():
-                batches.append(self._queue.get_nowait())
-            stop = any(b is None for b in batches)
-            items = [item for b in batches if b is not None for item in b]
-            try:
-                if self._error is None and items:
-                    self._write(items)
-            except BaseException as exc:  # surfaced on the training thread
-                self._error = exc
-            finally:
-                for _ in batches:
-                    self._queue.task_done()
-            if stop:
-                return
-
-    def _write(self, items: list[tuple[dict, torch.Tensor]]) -> None:
-        """Write checkpoints, committing the manifest every ``flush_interval`` seconds of writing
-        (and at the end), so a long backlog never leaves many files unlisted."""
-        done, t0 = [], time.monotonic()
-        for k, (entry, buf) in enumerate(items):
-            fname = f"ckpt-{entry['step']:09d}.safetensors"
-            tmp = self.run_dir / f".{fname}.tmp"
-            sha = self.layout.write(tmp, buf)  # written and fsynced
-            os.replace(tmp, self.run_dir / fname)
-            self.layout.give_back(buf)
-            entry.update(file=fname, bytes=self.layout.file_bytes, sha256=sha, content_sha256=sha)
-            done.append(entry)
-            if k == len(items) - 1 or time.monotonic() - t0 >= self.flush_interval:
-                self._commit(done)
-                done, t0 = [], time.monotonic()
-
     def _commit(self, done: list[dict]) -> None:
+        """Writer thread: list completed checkpoints in the manifest (after a directory sync)."""
         fsync_dir(self.run_dir)  # the renames are durable before the manifest lists them
         with self._lock:
+            for c in self.manifest["checkpoints"]:  # entries of a resumed run
+                self._entry_json.setdefault(c["step"], dumps(c))
             for entry in done:
                 self._entry_json[entry["step"]] = dumps(entry)
                 self.manifest["checkpoints"].append(entry)
             self.manifest["checkpoints"].sort(key=lambda c: c["step"])
-            for c in self.manifest["checkpoints"]:  # entries of a resumed run
-                if c["step"] not in self._entry_json:
-                    self._entry_json[c["step"]] = dumps(c)
             write_manifest(self.run_dir, self.manifest,
                            [self._entry_json[c["step"]] for c in self.manifest["checkpoints"]])
 
-    def _raise_pending(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise TrajectoryError(f"{self.run_dir}: writing a checkpoint failed: {err}") from err
-
     def flush(self) -> None:
-        """Block until every snapshot taken so far is on disk."""
+        """Block until every snapshot taken so far is on disk; raise naming any step not saved."""
         self._handoff()
-        self._queue.join()
-        self._raise_pending()
+        self._writer.join()
+        self._writer.raise_failures()
 
     def close(self) -> None:
-        """Flush and stop the writer thread."""
-        if self._thread.is_alive():
+        """Flush, stop the writer thread and release the run's lock."""
+        try:
             self._handoff()
-            self._queue.join()
-            self._queue.put(None)
-            self._thread.join()
-        self._raise_pending()
+            self._writer.join()
+            self._writer.stop()
+            self._writer.raise_failures()
+        finally:
+            self._run_lock.release()
 
     def __enter__(self) -> "Recorder":
         return self

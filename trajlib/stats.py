@@ -9,11 +9,14 @@ Gram entries. Re-plotting never re-reads checkpoints.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .manifest import atomic_write
 
 
 @dataclass
@@ -64,15 +67,16 @@ class GramStats:
                          [self.labels[i] for i in idx] if self.labels else [], dict(self.meta))
 
     def save(self, path: str | Path) -> Path:
+        """Write the stats as ``.npz`` atomically (readers see the old file or the new one)."""
         path = Path(path)
         names = list(self.grams)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, steps=self.steps, epochs=self.epochs,
+        buf = io.BytesIO()
+        np.savez(buf, steps=self.steps, epochs=self.epochs,
                  grams=np.stack([self.grams[g] for g in names]),
                  n_params=np.array([self.n_params[g] for g in names], dtype=np.int64),
                  groups=np.array(names), labels=np.array(self.labels),
                  meta=np.array(json.dumps(self.meta)))
-        tmp.replace(path)
+        atomic_write(path, buf.getvalue())
         return path
 
     @classmethod

@@ -38,8 +38,6 @@ def _interpreting() -> bool:
 
 def available(device: torch.device) -> bool:
     """Whether the fused kernel can run on ``device`` (else the torch path is used)."""
-    if os.environ.get("TRAJLIB_GRAM_KERNEL", "triton") == "torch":
-        return False
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -1,6 +1,6 @@
 """Run the notebooks through papermill at a preset, then build the book with Jupyter Book 1.
 
-``trajlib reproduce --preset laptop`` executes ``notebooks/*.ipynb`` into ``book/figures/``
+``python -m trajlib.paper reproduce --preset laptop`` executes ``notebooks/*.ipynb`` into ``book/figures/``
 (working directory there, so runs land in ``book/figures/runs`` and results JSON in
 ``book/figures/results``), renders the claims ledger from the results, and builds the HTML with
 warnings as errors. Execution inside Jupyter Book is off: papermill already ran every cell.
@@ -19,10 +19,12 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from ..manifest import atomic_write
 from .ledger import read_results, render
 from .presets import PRESETS, parameters_for
 
-log = logging.getLogger("trajlib.reproduce")
+log = logging.getLogger("trajlib.paper.book")
+
 
 @dataclass
 class Layout:
@@ -108,9 +110,9 @@ def write_ledger(layout: Layout) -> Path:
     gen = layout.book / "_generated"
     gen.mkdir(parents=True, exist_ok=True)
     path = gen / "ledger.md"
-    path.write_text(render(read_results(layout.results)))
-    (gen / "runtimes.md").write_text(runtime_table(layout))
-    (gen / "benchmarks.md").write_text(benchmark_tables(layout.book / "benchmarks"))
+    atomic_write(path, render(read_results(layout.results)).encode())
+    atomic_write(gen / "runtimes.md", runtime_table(layout).encode())
+    atomic_write(gen / "benchmarks.md", benchmark_tables(layout.book / "benchmarks").encode())
     return path
 
 
@@ -124,32 +126,35 @@ def benchmark_tables(folder: Path) -> str:
         out += [f"**CPU Gram** (`benchmarks/gram_bench.py`, T = {d['T']}, P = {d['P']:,}, "
                 f"{d['run_bytes'] / 1e9:.2f} GB, {d['cores']} cores, {d['date']}): trajlib computes the whole "
                 "default hallmark set; the baselines compute the map only.", "",
-                "| method | seconds | × trajlib's time | peak memory / run size | max error vs float64 |",
-                "|---|---|---|---|---|"]
+                ]
         names = {"trajlib": "trajlib.gram", "sklearn": "(a) stack + sklearn cosine_similarity",
                  "naive": "(b) naive pairwise loop", "read": "(c) plain read of every byte"}
-        for r in d["rows"]:
-            err = ", ".join(f"{k} {v:.0e}" for k, v in r["errors"].items()) or "—"
-            out.append(f"| {names.get(r['method'], r['method'])} | {r['seconds']:.3f} | {r['seconds'] / t:.1f} | "
-                       f"{100 * r['peak_mb'] * 1e6 / d['run_bytes']:.0f}% | {err} |")
+        out.append(_markdown([{
+            "method": names.get(r["method"], r["method"]), "seconds": f"{r['seconds']:.3f}",
+            "× trajlib's time": f"{r['seconds'] / t:.1f}",
+            "peak memory / run size": f"{100 * r['peak_mb'] * 1e6 / d['run_bytes']:.0f}%",
+            "max error vs float64": ", ".join(f"{k} {v:.0e}" for k, v in r["errors"].items()) or "—",
+        } for r in d["rows"]]))
         out.append("")
     rec = folder / "record_bench.json"
     if rec.is_file():
         d = json.loads(rec.read_text())
-        out += ["**Recording every step** (`benchmarks/record_bench.py`, small BatchNorm CNN):", "",
-                "| input | torch threads | step (ms) | with Recorder (ms) | added (best / median) |", "|---|---|---|---|---|"]
-        for r in d["rows"]:
-            out.append(f"| {r['input']} | {r['threads']} | {r['base_ms']:.2f} | {r['record_ms']:.2f} | "
-                       f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}% |")
+        out += ["**Recording every step** (`benchmarks/record_bench.py`, small BatchNorm CNN):", ""]
+        out.append(_markdown([{
+            "input": r["input"], "torch threads": r["threads"], "step (ms)": f"{r['base_ms']:.2f}",
+            "with Recorder (ms)": f"{r['record_ms']:.2f}",
+            "added (best / median)": f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}%",
+        } for r in d["rows"]]))
         out.append("")
     gpu = folder / "gpu_gram_bench.json"
     if gpu.is_file():
         d = json.loads(gpu.read_text())
-        out += [f"**GPU Gram** (`benchmarks/gpu_gram_bench.py`, {d['device']}, {d['date']}):", "",
-                "| T | method | ms | max error (map / update cos) |", "|---|---|---|---|"]
-        for r in d["rows"]:
-            err = f"{r['map']:.0e} / {r['update_cos']:.0e}" if "map" in r else (f"{r['gbps']:.1f} GB/s" if "gbps" in r else "")
-            out.append(f"| {r['T']} | {r['method']} | {1e3 * r['seconds']:.2f} | {err} |")
+        out += [f"**GPU Gram** (`benchmarks/gpu_gram_bench.py`, {d['device']}, {d['date']}):", ""]
+        out.append(_markdown([{
+            "T": r["T"], "method": r["method"], "ms": f"{1e3 * r['seconds']:.2f}",
+            "max error (map / update cos)": (f"{r['map']:.0e} / {r['update_cos']:.0e}" if "map" in r
+                                             else f"{r['gbps']:.1f} GB/s" if "gbps" in r else ""),
+        } for r in d["rows"]]))
     else:
         out += ["**GPU Gram:** not measured yet: the sessions that built this book had no GPU. "
                 "`python benchmarks/gpu_gram_bench.py --save book/benchmarks/gpu_gram_bench.json` on a CUDA "
@@ -167,7 +172,7 @@ def write_toc(layout: Layout) -> Path:
     toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
     path = layout.book / "_generated" / "_toc.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    atomic_write(path, yaml.safe_dump(toc, sort_keys=False).encode())
     return path
 
 
@@ -196,26 +201,33 @@ def _record_runtimes(layout: Layout, preset: str, times: dict[str, float]) -> No
         if old is None or sec > old["seconds"]:
             data[name][preset] = {"seconds": round(sec, 1), "cores": os.cpu_count(),
                                   "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def runtime_table(layout: Layout) -> str:
     """Markdown table of the recorded wall times (seconds) per notebook and preset."""
     path = layout.book / "runtimes.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    lines = ["| notebook | ci (s) | laptop (s) | measured on |", "|---|---|---|---|"]
-    totals = {"ci": 0.0, "laptop": 0.0}
+    rows, totals = [], {"ci": 0.0, "laptop": 0.0}
     for name in sorted(data):
-        cells, where = [], set()
+        row, where = {"notebook": f"`{name}`"}, set()
         for preset in ("ci", "laptop"):
             m = data[name].get(preset)
-            cells.append(f"{m['seconds']:.0f}" if m else "—")
+            row[f"{preset} (s)"] = f"{m['seconds']:.0f}" if m else "—"
             if m:
                 totals[preset] += m["seconds"]
                 where.add(f"{m['cores']} cores, {m['date']}")
-        lines.append(f"| `{name}` | {cells[0]} | {cells[1]} | {'; '.join(sorted(where))} |")
-    lines.append(f"| **total** | **{totals['ci']:.0f}** | **{totals['laptop']:.0f}** | |")
-    return "\n".join(lines) + "\n"
+        rows.append({**row, "measured on": "; ".join(sorted(where))})
+    rows.append({"notebook": "**total**", "ci (s)": f"**{totals['ci']:.0f}**",
+                 "laptop (s)": f"**{totals['laptop']:.0f}**", "measured on": ""})
+    return _markdown(rows) + "\n"
+
+
+def _markdown(rows: list[dict]) -> str:
+    """A Markdown (pipe) table of ``rows``, every cell shown as given."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).astype(str).to_markdown(index=False)
 
 
 def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_going: bool = False,
@@ -226,22 +238,23 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     layout = Layout(Path(root) if root else Path.cwd())
     chosen = select(layout, only)
-    failures, times = [], {}
+    failures, times = {}, {}
     for k, (name, source) in enumerate(chosen.items(), 1):
         echo(f"[{k}/{len(chosen)}] {name} ({preset}) ...")
         ok, sec, msg = execute(name, source, layout, preset)
-        times[name] = sec
         echo(f"[{k}/{len(chosen)}] {name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
-        if not ok:
-            failures.append(msg)
+        if ok:
+            times[name] = sec
+        else:
+            failures[name] = msg
             echo(f"  {msg}")
             if not keep_going:
                 break
-    _record_runtimes(layout, preset, {n: t for n, t in times.items() if n not in {f.split(':')[0] for f in failures}})
+    _record_runtimes(layout, preset, times)
     write_ledger(layout)
     status = 1 if failures else 0
     if failures:
-        echo(f"{len(failures)} notebook(s) failed:\n  " + "\n  ".join(failures))
+        echo(f"{len(failures)} notebook(s) failed:\n  " + "\n  ".join(failures.values()))
     if build and not failures:
         status = build_book(layout)
         if status == 0:

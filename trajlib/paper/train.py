@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import CharCorpus, TensorData
-from .record import Recorder, log_linear_steps
+from ..record import Recorder, batchnorm_parameters, log_linear_steps
 
 
 def lr_at(step: int, total: int, *, lr: float, schedule: str, warmup: int = 0) -> float:
@@ -77,15 +77,16 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 512, device="cpu") -> 
     return correct / total
 
 
-def _is_bn(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
 def bn_only(model: nn.Module) -> list[nn.Parameter]:
     """Freeze every parameter except BatchNorm scales and shifts; return the trainable ones."""
-    keep = {id(p) for m in model.modules() if _is_bn(m) for p in m.parameters(recurse=False)}
+    keep = {id(p) for p in batchnorm_parameters(model).values()}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
+    return trainable(model)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should update (``requires_grad``), in model order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -104,7 +105,7 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     spe = _steps_per_epoch(data, batch_size)
     total = epochs * spe
     every = record_every or spe
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay)  # noqa: E731
     opt = make_opt(params)
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Readers for one checkpoint on disk: safetensors, sharded safetensors, and ``pytorch_model.bin``.
+"""Checkpoint file formats: one dtype table, the safetensors header (read and write), and readers
+for one checkpoint on disk: safetensors, sharded safetensors, and ``pytorch_model.bin``.
 
 Every reader exposes the same small interface (:class:`CheckpointReader`): ordered tensor names,
 shapes, dtypes, and ``read(name, start, stop, out)``, which copies a flat element range of a
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -20,19 +22,18 @@ import numpy as np
 
 from .manifest import TrajectoryError
 
-# safetensors dtype code -> (numpy storage dtype, itemsize). BF16 is held as its uint16 bit
-# pattern (numpy has no bfloat16); conversion to float happens in torch.
-ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+# The one dtype table: safetensors code -> (numpy storage dtype, torch dtype name). BF16 is held
+# by numpy as its uint16 bit pattern (numpy has no bfloat16); conversion to float happens in torch.
+DTYPES = {
+    "F64": (np.dtype("<f8"), "float64"), "F32": (np.dtype("<f4"), "float32"),
+    "F16": (np.dtype("<f2"), "float16"), "BF16": (np.dtype("<u2"), "bfloat16"),
+    "I64": (np.dtype("<i8"), "int64"), "I32": (np.dtype("<i4"), "int32"),
+    "I16": (np.dtype("<i2"), "int16"), "I8": (np.dtype("i1"), "int8"),
+    "U8": (np.dtype("u1"), "uint8"), "BOOL": (np.dtype("?"), "bool"),
 }
+ST_DTYPES = {code: np_dtype for code, (np_dtype, _) in DTYPES.items()}  # code -> numpy storage dtype
 FLOAT_CODES = ("F64", "F32", "F16", "BF16")
-_TORCH_TO_CODE = {
-    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16",
-    "torch.bfloat16": "BF16", "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16",
-    "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL",
-}
+_CODE_OF_TORCH = {f"torch.{name}": code for code, (_, name) in DTYPES.items()}
 _MAX_HEADER = 100 * 2**20
 
 
@@ -49,9 +50,49 @@ def sha256_file(path: Path, *, offset: int = 0) -> str:
 def dtype_code(torch_dtype) -> str:
     """The safetensors code ("F32", "BF16", ...) of a torch dtype."""
     try:
-        return _TORCH_TO_CODE[str(torch_dtype)]
+        return _CODE_OF_TORCH[str(torch_dtype)]
     except KeyError:
         raise TrajectoryError(f"unsupported tensor dtype {torch_dtype}") from None
+
+
+def torch_dtype(code: str):
+    """The torch dtype of a safetensors code."""
+    import torch
+
+    return getattr(torch, DTYPES[code][1])
+
+
+def to_float64(arr: np.ndarray, code: str) -> np.ndarray:
+    """A storage-dtype array (BF16 as uint16 bits) converted to float64."""
+    if code == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return arr.astype(np.float64)
+
+
+def safetensors_prefix(header: dict) -> bytes:
+    """The 8-byte length and JSON header of a safetensors file, space-padded so the data that
+    follows is 8-byte aligned (the format allows trailing spaces in the header)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head
+
+
+def _tensor_entry(path: Path, name: str, info) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """(dtype code, shape, (begin, end)) of one header entry, every field checked."""
+    def bad(field: str, why: str):
+        return TrajectoryError(f"{path}: field {field} of tensor {name!r} {why}")
+
+    if not isinstance(info, dict):
+        raise bad("entry", f"is a {type(info).__name__}, not an object")
+    code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if code not in ST_DTYPES:
+        raise bad("dtype", f"is {code!r}, not one of {', '.join(ST_DTYPES)}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad("shape", f"is {shape!r}, not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(x) is int for x in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise bad("data_offsets", f"is {offsets!r}, not [begin, end] with 0 ≤ begin ≤ end")
+    return code, tuple(shape), (offsets[0], offsets[1])
 
 
 class CheckpointReader:
@@ -77,10 +118,11 @@ class CheckpointReader:
         return out.reshape(shape)
 
     def content_sha256(self) -> str:
-        """sha256 over the tensor bytes in name order: equal weights give equal digests."""
+        """sha256 of the tensor bytes in storage order (``names``), nothing else: byte-identical
+        weights give equal digests. For one safetensors file this is the hash of its data section
+        (tensors are contiguous in offset order), which is what ``Recorder`` stores."""
         h = hashlib.sha256()
         for name in self.names:
-            h.update(name.encode())
             h.update(np.ascontiguousarray(self.tensor(name)).tobytes())
         return h.hexdigest()
 
@@ -111,18 +153,20 @@ class SafetensorsFile(CheckpointReader):
                 header = json.loads(f.read(hlen))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise TrajectoryError(f"{self.path}: corrupt safetensors header ({exc})") from exc
-        self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict):
+            raise TrajectoryError(f"{self.path}: safetensors header is a {type(header).__name__}, not an object")
+        metadata = header.pop("__metadata__", None) or {}
+        self.metadata = metadata if isinstance(metadata, dict) else {}
         self.data_start = 8 + hlen
         data_size = size - self.data_start
         self.shapes, self.dtypes, self.offsets = {}, {}, {}
+        spans = []
         for name, info in header.items():
-            code, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            if code not in ST_DTYPES:
-                raise TrajectoryError(f"{self.path}: tensor {name!r} has unknown dtype {code}")
-            expected = int(np.prod(shape, dtype=np.int64)) * ST_DTYPES[code].itemsize
+            code, shape, (begin, end) = _tensor_entry(self.path, name, info)
+            expected = math.prod(shape) * ST_DTYPES[code].itemsize  # Python ints: no overflow
             if end - begin != expected:
                 raise TrajectoryError(
-                    f"{self.path}: tensor {name!r} spans {end - begin} bytes, its shape {shape} "
+                    f"{self.path}: tensor {name!r} spans {end - begin} bytes, its shape {list(shape)} "
                     f"and dtype {code} need {expected}"
                 )
             if end > data_size:
@@ -131,6 +175,14 @@ class SafetensorsFile(CheckpointReader):
                     f"the file has {size}"
                 )
             self.shapes[name], self.dtypes[name], self.offsets[name] = shape, code, begin
+            spans.append((begin, end, name))
+        spans.sort()
+        edge, prev = 0, None
+        for begin, end, name in spans:  # the format allows no overlap and no hole
+            if begin != edge:
+                what = f"overlaps {prev!r}" if begin < edge else f"leaves a hole of {begin - edge} bytes before it"
+                raise TrajectoryError(f"{self.path}: field data_offsets of tensor {name!r}: {what}")
+            edge, prev = end, name
         self.names = sorted(self.shapes, key=self.offsets.__getitem__)
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
@@ -144,8 +196,9 @@ class SafetensorsFile(CheckpointReader):
                 f"{self.path}: truncated while reading tensor {name!r} (got {got} of {nbytes} bytes)"
             )
 
-    def data_sha256(self) -> str:
-        """sha256 of the data section (all tensor bytes, file order)."""
+    def content_sha256(self) -> str:
+        """sha256 of the data section: the tensor bytes in offset order (the header validated
+        on open leaves no gap between tensors)."""
         return sha256_file(self.path, offset=self.data_start)
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 book's front page.
 
 A notebook calls :func:`claim` for each paper claim it tests and :func:`write_results` once;
-``trajlib reproduce`` renders every results file into one Markdown table (:func:`render`):
+``python -m trajlib.paper reproduce`` renders every results file into one Markdown table (:func:`render`):
 claim, the paper's number, ours (± std over seeds), and whether the direction agrees.
 """
 
@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .manifest import atomic_write
+from ..manifest import atomic_write
 
 
 def claim(text: str, *, paper: str, ours: float | None, std: float | None = None, agrees: bool | None,
@@ -96,17 +97,63 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
              f"({len(rows) - len(tested)} more {'is' if len(rows) - len(tested) == 1 else 'are'} reported "
              f"but not tested at this preset). "
              f"These pages were produced by the **{', '.join(presets) or '—'}** preset"
-             f"{'s' if len(presets) > 1 else ''}.", "",
-             "| page | claim | paper | ours | agrees | preset |", "|---|---|---|---|---|---|"]
-    for doc in results:
-        page = f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)"
-        for r in doc["claims"]:
-            note = f" <br><small>{r['note']}</small>" if r.get("note") else ""
-            lines.append(f"| {page} | {r['claim']}{note} | {r['paper']} | {_fmt(r)} | {AGREES[r['agrees']]} "
-                         f"| {doc['preset']} |")
-    if not results:
-        lines.append("| — | no results yet: run `trajlib reproduce` | | | | |")
+             f"{'s' if len(presets) > 1 else ''}.", ""]
+    table = [{"page": f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)",
+              "claim": r["claim"] + (f" <br><small>{r['note']}</small>" if r.get("note") else ""),
+              "paper": r["paper"], "ours": _fmt(r), "agrees": AGREES[r["agrees"]], "preset": doc["preset"]}
+             for doc in results for r in doc["claims"]]
+    if not table:
+        table = [{"page": "—", "claim": "no results yet: run `python -m trajlib.paper reproduce`", "paper": "",
+                  "ours": "", "agrees": "", "preset": ""}]
+    lines.append(pd.DataFrame(table).to_markdown(index=False))
     return "\n".join(lines) + "\n"
+
+
+def notebook_parameters() -> dict:
+    """The running notebook's resolved parameters: every name assigned in its ``parameters``
+    cell and in papermill's injected cell (the cells made only of assignments of literals, in
+    execution order), with its current value. Recorded in the results JSON, so a page's
+    parameters are never a hand-kept subset."""
+    import ast
+
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("notebook_parameters() runs inside a notebook kernel")
+    names: list[str] = []
+    for source in shell.user_ns.get("In", []):
+        try:
+            body = ast.parse(source).body
+        except SyntaxError:
+            continue
+        literal = body and all(isinstance(n, ast.Assign) and len(n.targets) == 1
+                               and isinstance(n.targets[0], ast.Name) and _is_literal(n.value) for n in body)
+        if literal:
+            names += [n.targets[0].id for n in body if n.targets[0].id not in names]
+    return {n: shell.user_ns[n] for n in names}
+
+
+def page_parameters(name: str, *, results_dir: str | Path = "results", preset: str | None = None) -> dict:
+    """The resolved parameters another page recorded in its results JSON (notebook 05 reuses
+    page 04's language-model family); ``preset`` must match the one that page ran at."""
+    path = Path(results_dir) / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: page {name} has not run yet; execute it first "
+                                f"(python -m trajlib.paper reproduce --only {name[:2]} ...)")
+    doc = json.loads(path.read_text())
+    if preset is not None and doc.get("preset") != preset:
+        raise ValueError(f"{path}: page {name} ran at preset {doc.get('preset')!r}, this page at {preset!r}; "
+                         f"run both at the same preset")
+    return doc["parameters"]
+
+
+def _is_literal(node) -> bool:
+    try:
+        __import__("ast").literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
 
 
 def pm(mean: float, std: float | None = None, digits: int = 3, scale: float = 1.0) -> str:

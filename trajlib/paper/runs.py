@@ -1,4 +1,4 @@
-"""Reproducible runs from plain configs: train once, reuse forever.
+"""Reproducible runs and sweeps from plain configs: train once, reuse forever.
 
 A run is addressed by the hash of its config (model, data, optimiser, schedule, seed), so
 re-executing a notebook re-reads finished runs instead of retraining, and two configs never
@@ -18,14 +18,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..gram import gram
+from ..hallmarks import hallmark_table
+from ..manifest import atomic_write
+from ..sources import open_trajectory
+from ..stats import GramStats
 from . import data as datasets
 from . import models
-from .gram import gram
-from .stats import GramStats
-from .store import open_trajectory
 from .train import train_char_lm, train_classifier
 
-log = logging.getLogger("trajlib.experiment")
+log = logging.getLogger("trajlib.paper.runs")
 
 MODELS = {
     "small_cnn": models.SmallCNN, "cifar_resnet": models.CifarResNet, "resnet20": models.resnet20,
@@ -74,9 +76,8 @@ def _cached(run_dir: Path, config: dict) -> Run | None:
 
 
 def _finish(run_dir: Path, config: dict, history: pd.DataFrame) -> Run:
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-    history.to_csv(run_dir / ".history.csv.tmp", index=False)
-    (run_dir / ".history.csv.tmp").replace(run_dir / "history.csv")  # the completion marker
+    atomic_write(run_dir / "config.json", json.dumps(config, indent=1, sort_keys=True).encode())
+    atomic_write(run_dir / "history.csv", history.to_csv(index=False).encode())  # the completion marker
     return Run(run_dir, config, history)
 
 
@@ -101,8 +102,9 @@ def build_model(name: str, *, seed: int, dataset: str, **kwargs) -> torch.nn.Mod
         kwargs.setdefault("num_classes", 10)
     if name == "mlp" and dataset == "digits":
         kwargs.setdefault("in_features", 64)
-    torch.manual_seed(seed)
-    return MODELS[name](**kwargs)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        return MODELS[name](**kwargs)
 
 
 def run_classification(runs_dir, *, name: str, model: str, dataset: str = "digits", seed: int = 0,
@@ -175,8 +177,6 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
     :func:`run_char_lm` with ``task="char_lm"``). ``groups``: every parameter group the caller
     will read (``group`` included), computed in one pass per run. Notebooks 02–05 and 07.
     """
-    from .hallmarks import hallmarks
-
     groups = list(dict.fromkeys([group, *(groups or [])]))
     run = run_classification if task == "classification" else run_char_lm
     rows, runs, run_stats = [], {}, {}
@@ -184,7 +184,7 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
         for seed in seeds:
             r = run(runs_dir, name=name, seed=seed, **{**common, **overrides})
             stats = r.stats(groups)
-            row = {"label": label, "seed": seed, **hallmarks(stats, [group]).loc[group, list(SWEEP_COLUMNS)].to_dict(),
+            row = {"label": label, "seed": seed, **hallmark_table(stats, [group]).loc[group, list(SWEEP_COLUMNS)].to_dict(),
                    "n_params": stats.n_params[group], "run_dir": str(r.run_dir)}
             if "test_accuracy" in r.history:
                 row["final_accuracy"] = r.final_accuracy
@@ -195,26 +195,33 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
     return Sweep(pd.DataFrame(rows), runs, run_stats)
 
 
-def lm_family(runs_dir, *, source: str, groups, seeds, widths, base_lr: float, base_width: int,
-              lr_width_exponent: float, sizes, revision_every: int, hub_cache=None, device="cpu",
-              **train_kwargs) -> tuple[dict, dict]:
-    """The language-model family of notebooks 04 and 05, from either source.
+def char_lm_family(runs_dir, *, widths, seeds, groups, base_lr: float, base_width: int,
+                   lr_width_exponent: float, **train_kwargs) -> dict:
+    """Tiny GPT-NeoX models of the given ``widths`` trained here on the pydoc corpus, with
+    lr = base_lr · (base_width / width)^exponent (Pythia shrinks the rate with size); run name
+    ``04-scale``. Returns {(width, seed): GramStats with ``groups``}."""
+    configs = {w: dict(width=w, lr=base_lr * (base_width / w) ** lr_width_exponent) for w in widths}
+    return sweep(runs_dir, name="04-scale", task="char_lm", configs=configs, seeds=seeds, groups=groups,
+                 **train_kwargs).run_stats
 
-    ``source="tiny"``: tiny GPT-NeoX models of the given ``widths`` trained here on the pydoc
-    corpus (lr = base_lr · (base_width / width)^exponent, as Pythia shrinks it with size; run
-    name ``04-scale``, so both notebooks share the runs). ``source="hub"``: Pythia ``sizes`` at
-    every ``revision_every``-th linear revision, streamed from the Hugging Face hub.
-    Returns ({(label, seed): GramStats with ``groups``}, {label: dropped duplicate revisions}).
-    """
+
+LM_TRAIN_KEYS = ("layers", "heads", "context", "steps", "batch_size", "weight_decay", "record_every", "device")
+
+
+def language_models(parameters: dict, *, groups, runs_dir="runs") -> tuple[dict, dict]:
+    """The language-model family of notebooks 04 and 05 from page 04's parameters: tiny
+    GPT-NeoX models trained here (``source="tiny"``) or Pythia checkpoints from the hub
+    (``source="hub"``: ``sizes`` at every ``revision_every``-th linear revision).
+    Returns ({(label, seed): GramStats with ``groups``}, {label: dropped duplicate revisions})."""
     from . import pythia
 
-    if source == "hub":
-        suite = pythia.suite_stats({s: pythia.repo_id(s) for s in sizes}, pythia.revisions(every=revision_every),
-                                   groups=groups, device=device, cache_dir=hub_cache)
-        return {(s, 0): st for s, (st, _) in suite.items()}, {s: d for s, (_, d) in suite.items()}
-    if source != "tiny":
-        raise ValueError(f"source={source!r}: expected 'tiny' or 'hub'")
-    configs = {w: dict(width=w, lr=base_lr * (base_width / w) ** lr_width_exponent) for w in widths}
-    result = sweep(runs_dir, name="04-scale", task="char_lm", configs=configs, seeds=seeds, groups=groups,
-                   device=device, **train_kwargs)
-    return result.run_stats, {}
+    p = parameters
+    if p["source"] == "hub":
+        return pythia.suite(p["sizes"], revision_every=p["revision_every"], groups=groups, device=p["device"],
+                            cache_dir=p.get("hub_cache"))
+    if p["source"] != "tiny":
+        raise ValueError(f"source={p['source']!r}: expected 'tiny' or 'hub'")
+    stats = char_lm_family(runs_dir, widths=p["widths"], seeds=range(p["seeds"]), groups=groups,
+                           base_lr=p["base_lr"], base_width=p["base_width"],
+                           lr_width_exponent=p["lr_width_exponent"], **{k: p[k] for k in LM_TRAIN_KEYS})
+    return stats, {}

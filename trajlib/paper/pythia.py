@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("trajlib.pythia")
+from ..record import log_linear_steps
+
+log = logging.getLogger("trajlib.paper.pythia")
 
 # size: (hidden size d, layers, attention heads, vocabulary)
 ARCHITECTURES = {
@@ -30,11 +32,14 @@ def parameter_count(size: str) -> int:
     return 2 * vocab * d + layers * (12 * d * d + 13 * d) + 2 * d
 
 
+LAST_STEP, EVERY = 143000, 1000  # the schedule, as data: log-spaced up to 512, then every 1,000
+
+
 def revisions(every: int = 1) -> list[str]:
-    """The 154 checkpoint revisions in step order (``every``: keep every k-th linear one)."""
-    early = [0] + [2**k for k in range(10)]
-    late = list(range(1000, 143001, 1000 * every))
-    return [f"step{s}" for s in early + late]
+    """The 154 checkpoint revisions in step order (``every``: keep every k-th linear one).
+    The schedule is :func:`trajlib.log_linear_steps` (0, 1, 2, 4, ..., 512, 1000, 2000, ...)."""
+    steps = log_linear_steps(LAST_STEP, every=EVERY)
+    return [f"step{s}" for s in steps if s < EVERY or (s // EVERY - 1) % every == 0]
 
 
 def revision_step(revision: str) -> int:
@@ -61,8 +66,8 @@ def suite_stats(repos: dict[str, str], revs: list[str], *, groups=("all",), devi
     Returns {label: (GramStats, dropped revision labels)}. Duplicate revisions (byte-identical
     weights, which some public branches serve) are reported and, by default, dropped.
     """
-    from .gram import gram
-    from .store import open_hub
+    from ..gram import gram
+    from ..sources import open_hub
 
     out = {}
     for label, repo in repos.items():
@@ -76,3 +81,11 @@ def suite_stats(repos: dict[str, str], revs: list[str], *, groups=("all",), devi
         out[label] = (gram(traj, groups=list(groups), device=device), dropped)
         traj.close()
     return out
+
+
+def suite(sizes, *, revision_every: int = 1, groups=("all",), device="auto", cache_dir=None):
+    """Gram statistics of ``pythia-<size>`` for each size at every ``revision_every``-th linear
+    revision, as ({(size, 0): GramStats}, {size: dropped duplicate revisions}) (notebooks 04, 05)."""
+    out = suite_stats({s: repo_id(s) for s in sizes}, revisions(every=revision_every), groups=groups,
+                      device=device, cache_dir=cache_dir)
+    return {(s, 0): st for s, (st, _) in out.items()}, {s: d for s, (_, d) in out.items()}

@@ -126,7 +126,7 @@ def quadratic_grid(*, momenta=(0.9, 0.0), weight_decays=(0.1, 0.0), noises=(0.02
     momentum and weight decay at a fixed learning rate)."""
     import pandas as pd
 
-    from .hallmarks import consecutive_update_cos, gram_from_checkpoints, mds
+    from ..hallmarks import consecutive_update_cos, gram_from_checkpoints, mds
 
     rows = []
     for noise in noises:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..record import batchnorm_parameters
+
 
 class SmallCNN(nn.Module):
     """Three 3×3 conv layers with BatchNorm, global average pooling, a linear head. Input (N, C, H, W)."""
@@ -161,13 +163,13 @@ def tiny_gpt_neox(*, vocab_size: int, width: int = 64, layers: int = 4, heads: i
         intermediate_size=4 * width, max_position_embeddings=context, rotary_pct=0.25,
         use_parallel_residual=True, tie_word_embeddings=False, hidden_dropout=0.0, attention_dropout=0.0,
     )
-    torch.manual_seed(seed)
-    return GPTNeoXForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        return GPTNeoXForCausalLM(config)
 
 
 def count_parameters(model: nn.Module, *, bn_only: bool = False) -> int:
     """Trainable-parameter count (tied counted once); ``bn_only`` counts BatchNorm scales and shifts."""
     if bn_only:
-        return sum(p.numel() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                   for p in m.parameters(recurse=False))
+        return sum(p.numel() for p in batchnorm_parameters(model).values())
     return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,49 @@
+"""Figures only this paper's notebooks draw: seed summaries of sweeps (02, 07) and the regime
+map of the oscillation theory (06). General figures live in :mod:`trajlib.plot`."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+
+def summary_points(summary, column: str, *, ax=None, xlabel: str | None = None, title: str | None = None,
+                   color: str = "C0", fmt: str = ".3f"):
+    """Mean ± std over seeds per label (one row each, top to bottom), from ``Sweep.summary()``."""
+    ax = ax or plt.subplots(figsize=(4.2, 2.6))[1]
+    mean, std = summary[(column, "mean")], summary[(column, "std")].fillna(0.0)
+    y = np.arange(len(mean))[::-1]
+    ax.errorbar(mean, y, xerr=std, fmt="o", color=color, capsize=4, ms=6)
+    ax.set_yticks(y, [str(k) for k in mean.index])
+    for yi, m, sd in zip(y, mean, std):
+        ax.annotate(format(m, fmt), (m + sd, yi), textcoords="offset points", xytext=(6, 0), va="center",
+                    fontsize="small")
+    ax.set_xlabel(xlabel or column)
+    ax.margins(x=0.3, y=0.15)
+    if title:
+        ax.set_title(title)
+    sns.despine(ax=ax)
+    return ax
+
+
+REGIME_COLORS = {"monotone": "#9ecae1", "rotating": "#fdae6b", "sign-flipping": "#d62728", "divergent": "#525252"}
+
+
+def regime_map(grid, x, y, *, ax=None, xlabel: str = "η (h + λ)", ylabel: str = "momentum μ",
+               colors: dict | None = None):
+    """A categorical map (rows = ``y``, columns = ``x``) of regime names, with a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = colors or REGIME_COLORS
+    names = list(colors)
+    codes = np.vectorize(names.index)(grid)
+    ax = ax or plt.subplots(figsize=(4.6, 3.4))[1]
+    ax.imshow(codes, origin="lower", aspect="auto", cmap=ListedColormap([colors[n] for n in names]),
+              vmin=-0.5, vmax=len(names) - 0.5, extent=(x[0], x[-1], y[0], y[-1]), interpolation="nearest")
+    ax.legend(handles=[Patch(color=colors[n], label=n) for n in names], fontsize="small", loc="upper right",
+              framealpha=0.9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax
