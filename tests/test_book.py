@@ -76,3 +76,22 @@ def test_front_page_is_the_claims_ledger(ci_book):
     assert "Claims ledger" in intro and "tested claims agree in direction" in intro
     assert "figures/01-trajectory-map.html" in intro
     assert "thebe" not in intro.lower() or "thebe-launch" not in intro
+
+
+def test_bibliography_labels_are_author_year(ci_book):
+    import re
+
+    root, _, _ = ci_book
+    refs = re.sub(r"<[^>]+>", "", (html_dir(root) / "references.html").read_text())
+    assert re.search(r"\[Goyal et al\. 2017\]", refs)
+    assert not re.search(r"\[[A-Z][A-Za-z]{0,6}\+?\d\d\]", refs), "pybtex alpha keys such as [GDollarG+17]"
+
+
+def test_figure_pages_show_one_parameters_toggle_and_no_bookkeeping(ci_book):
+    root, _, _ = ci_book
+    page = (html_dir(root) / "figures" / "02-momentum-weight-decay.html").read_text()
+    import html
+
+    assert html.unescape(page).count("Show this page's parameters") == 1
+    assert "write_results(" not in page and "glue_all(" not in page
+    assert "TqdmWarning" not in page and "PosixPath(" not in page

@@ -53,9 +53,16 @@ def test_notebook_writes_complete_results_and_a_figure(ci_book, name):
              if "scrapbook" in o.get("metadata", {})]
     assert glued, f"{name} glues no number into its prose"
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "hide-input" in injected[0].metadata["tags"]
+    assert injected and "remove-cell" in injected[0].metadata["tags"]
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "one parameters cell"
+    assert "hide-input" in params[0].metadata["tags"] and params[0].metadata["mystnb"]["code_prompt_show"]
+    for cell in nb.cells:  # bookkeeping is not shown on the page
+        if cell.cell_type == "code" and ("write_results(" in cell.source or "glue_all(" in cell.source):
+            assert "remove-input" in cell.metadata.get("tags", []), cell.source[:60]
+        for out in cell.get("outputs", []):  # no stray reprs or progress bars
+            text = out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
+            assert "PosixPath(" not in text and "it/s]" not in text and "epoch/s" not in text, text[:80]
     assert not any(line.lstrip().startswith(("def ", "class ")) for c in nb.cells if c.cell_type == "code"
                    for line in c.source.splitlines()), "no def or class in a notebook"
 
@@ -100,6 +107,16 @@ def _tiny_layout(root: Path) -> Layout:
         nbformat.write(nb, root / "notebooks" / f"{name}.ipynb")
     (root / "notebooks" / "presets.yml").write_text("laptop:\n  01-fine:\n    x: 2\n")
     return Layout(root)
+
+
+def test_the_page_shows_one_parameters_toggle_with_the_preset_values_written_in(tmp_path):
+    _tiny_layout(tmp_path)
+    assert reproduce(preset="laptop", root=tmp_path, build=False, only=["01"], echo=lambda m: None) == 0
+    nb = nbformat.read(tmp_path / "book" / "figures" / "01-fine.ipynb", as_version=4)
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert params.source.startswith("x = 2  # [preset; default 1]")
+    (injected,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "remove-cell" in injected.metadata["tags"]
 
 
 def test_failures_are_named_with_their_cell_and_keep_going_runs_the_rest(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -44,10 +45,18 @@ def test_readme_opens_with_the_two_commands_and_its_example_runs(tmp_path):
     example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "Recorder" in b)
     assert len(example.strip().splitlines()) <= 14
     (tmp_path / "example.py").write_text(example)
-    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "mds" in out.stdout and (tmp_path / "map.png").stat().st_size > 1000
-    assert len(list((tmp_path / "runs" / "mine").glob("ckpt-*.safetensors"))) == 11
+    for _ in range(2):  # a re-run starts afresh: never analyses (or appends to) the old run silently
+        out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "mds" in out.stdout and (tmp_path / "map.png").stat().st_size > 1000
+        assert len(list((tmp_path / "runs" / "mine").glob("ckpt-*.safetensors"))) == 11
+    shell = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "trajlib inspect" in b)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for line in [ln.split("#")[0].strip() for ln in shell.splitlines()]:
+        if line:  # each shell line of the README, verbatim, on the run the example recorded
+            out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+            assert out.returncode == 0, f"{line}: {out.stderr}"
+            assert "mds" in out.stdout or "valid" in out.stdout
 
 
 def test_ci_runs_the_readme_test_command():

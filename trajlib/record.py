@@ -13,9 +13,10 @@ the disk. Snapshots waiting in memory are bounded by ``max_pending_bytes``.
 
 Durability: every file is written under a temporary name, fsynced and renamed; the manifest
 lists it only after that, and is rewritten once per group of checkpoints (snapshots reach the
-writer at most ``flush_interval`` seconds apart). A killed process loses at most the
-checkpoints handed to the writer in its last ``flush_interval`` and not yet committed; the run
-always reopens. Reopening a run directory that holds checkpoints appends to it and says so
+writer at most ``flush_interval`` seconds apart). A killed process loses only snapshots not yet
+committed: those of its last ``flush_interval`` seconds, and never more than the snapshot pool
+(``max_pending_bytes`` / snapshot size, at least 2; a snapshot's buffer returns to the pool
+only once it is committed, and ``save`` waits for a free one). The run always reopens. Reopening a run directory that holds checkpoints appends to it and says so
 with a warning; ``fresh=True`` starts the run over. One Recorder per directory at a time.
 """
 
@@ -247,17 +248,24 @@ class Recorder:
         self._started = True
 
     def _commit(self, done: list[dict]) -> None:
-        """Writer thread: list completed checkpoints in the manifest (after a directory sync)."""
+        """Writer thread: list completed checkpoints in the manifest (after a directory sync).
+        If the manifest cannot be written, the in-memory manifest is left as it was: those
+        checkpoints are reported as not saved, and their files are removed at the next resume."""
         fsync_dir(self.run_dir)  # the renames are durable before the manifest lists them
         with self._lock:
             for c in self.manifest["checkpoints"]:  # entries of a resumed run
                 self._entry_json.setdefault(c["step"], dumps(c))
             for entry in done:
                 self._entry_json[entry["step"]] = dumps(entry)
-                self.manifest["checkpoints"].append(entry)
-            self.manifest["checkpoints"].sort(key=lambda c: c["step"])
-            write_manifest(self.run_dir, self.manifest,
-                           [self._entry_json[c["step"]] for c in self.manifest["checkpoints"]])
+            checkpoints = sorted(self.manifest["checkpoints"] + done, key=lambda c: c["step"])
+            try:
+                write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints},
+                               [self._entry_json[c["step"]] for c in checkpoints])
+            except BaseException:
+                for entry in done:
+                    self._entry_json.pop(entry["step"], None)
+                raise
+            self.manifest["checkpoints"] = checkpoints
 
     def flush(self) -> None:
         """Block until every snapshot taken so far is on disk; raise naming any step not saved."""

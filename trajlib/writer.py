@@ -92,8 +92,12 @@ class SnapshotLayout:
         fd = os.open(path, flags, 0o644)
         try:  # few system calls: each one hands the GIL back and forth with the training thread
             written = os.writev(fd, [self.prefix, data])
-            if written != self.file_bytes:
-                raise OSError(errno.EIO, f"short write ({written} of {self.file_bytes} bytes)", str(path))
+            whole = memoryview(self.prefix + bytes(data)) if written < self.file_bytes else None
+            while written < self.file_bytes:  # a short write: go on until the OS says why (ENOSPC)
+                n = os.write(fd, whole[written:])
+                if n == 0:
+                    raise OSError(errno.EIO, f"short write ({written} of {self.file_bytes} bytes)", str(path))
+                written += n
             if fsync:
                 os.fsync(fd)
         finally:
@@ -173,8 +177,10 @@ class CheckpointWriter:
 
     def _write(self, items: list[tuple[dict, torch.Tensor]]) -> None:
         """Write every item; commit what is complete every ``flush_interval`` s, at the end, and
-        before reporting a failure, so an error never discards a finished checkpoint."""
-        done, t0 = [], time.monotonic()
+        before reporting a failure, so an error never discards a finished checkpoint. A buffer
+        returns to the pool only once its checkpoint is committed (or has failed), so the
+        snapshots a kill can lose are bounded by the pool."""
+        done, held, t0 = [], [], time.monotonic()
         for k, (entry, buf) in enumerate(items):
             step = entry["step"]
             fname = f"ckpt-{step:09d}.safetensors"
@@ -184,19 +190,23 @@ class CheckpointWriter:
                 os.replace(tmp, self.run_dir / fname)
                 entry.update(file=fname, bytes=self.layout.file_bytes, content_sha256=sha)
                 done.append(entry)
+                held.append(buf)
             except BaseException as exc:
                 with self._failed_lock:
                     self._failed.append((step, exc))
                 _unlink_quietly(tmp)
-            finally:
                 self.layout.give_back(buf)
             if done and (k == len(items) - 1 or time.monotonic() - t0 >= self.flush_interval):
                 try:
                     self._commit(done)
-                except BaseException as exc:
+                except BaseException as exc:  # not listed, so not saved: free their space too
                     with self._failed_lock:
                         self._failed += [(e["step"], exc) for e in done]
-                done, t0 = [], time.monotonic()
+                    for e in done:
+                        _unlink_quietly(self.run_dir / e["file"])
+                for b in held:
+                    self.layout.give_back(b)
+                done, held, t0 = [], [], time.monotonic()
 
     def raise_failures(self) -> None:
         """Raise (once) a TrajectoryError naming every step whose checkpoint was not saved."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +79,31 @@ def select(layout: Layout, only: list[str] | None) -> dict[str, Path]:
     return dict(sorted(chosen.items()))
 
 
-def _collapse_injected(path: Path) -> None:
-    """Show papermill's injected-parameters cell collapsed (a toggle), not as noise."""
+def _present_parameters(path: Path) -> None:
+    """One labelled toggle for the parameters on the rendered page: the ``parameters`` cell with
+    the values papermill injected written in (each marked), collapsed; the injected cell removed."""
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags or "parameters" in tags:
-            cell["metadata"]["tags"] = sorted(set(tags) | {"hide-input"})
+    tagged = lambda tag: [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]  # noqa: E731
+    params, injected = tagged("parameters"), tagged("injected-parameters")
+    overrides = {}
+    for cell in injected:
+        for line in cell.source.splitlines():
+            m = re.match(r"(\w+)\s*=\s*(.*)$", line)
+            if m:
+                overrides[m.group(1)] = m.group(2).strip()
+        cell.metadata["tags"] = sorted(set(cell.metadata["tags"]) | {"remove-cell"})
+    for cell in params:
+        lines = []
+        for line in cell.source.splitlines():
+            m = re.match(r"(\w+)(\s*=\s*)(.*?)(\s*#.*)?$", line)
+            if m and m.group(1) in overrides and overrides[m.group(1)] != m.group(3).strip():
+                comment = (m.group(4) or "  #").rstrip()
+                line = f"{m.group(1)}{m.group(2)}{overrides[m.group(1)]}{comment} [preset; default {m.group(3).strip()}]"
+            lines.append(line)
+        cell.source = "\n".join(lines)
+        cell.metadata["tags"] = sorted(set(cell.metadata.get("tags", [])) | {"hide-input"})
+        cell.metadata["mystnb"] = {"code_prompt_show": "Show this page's parameters",
+                                   "code_prompt_hide": "Hide the parameters"}
     nbformat.write(nb, path)
 
 
@@ -94,15 +115,37 @@ def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool,
     params = parameters_for(source, preset, layout.presets)
     out = layout.figures / source.name
     layout.figures.mkdir(parents=True, exist_ok=True)
+    bar = {"desc": name, "leave": True, "dynamic_ncols": True} if sys.stderr.isatty() else False
     t0 = time.time()
     try:
-        papermill.execute_notebook(str(source), str(out), parameters=params, cwd=str(layout.figures),
-                                   kernel_name="python3", progress_bar=False, log_output=False)
+        with tempfile.TemporaryDirectory(prefix="trajlib-kernel-") as sockets:
+            papermill.execute_notebook(str(source), str(out), parameters=params, cwd=str(layout.figures),
+                                       kernel_name="python3", progress_bar=bar, log_output=False,
+                                       kernel_manager_class=_local_kernel_manager(sockets))
     except PapermillExecutionError as exc:
         return False, time.time() - t0, (f"{name}: cell {exc.exec_count} failed: {exc.ename}: "
                                          f"{exc.evalue}".strip())
-    _collapse_injected(out)
+    _present_parameters(out)
     return True, time.time() - t0, ""
+
+
+def _local_kernel_manager(folder: str):
+    """A kernel manager that talks to the kernel over local (IPC) sockets in ``folder`` rather
+    than TCP on localhost: nothing listens on a port, and the kernel has no plain-text-TCP
+    warning to print for every notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport, self.ip = "ipc", f"{folder}/kernel"
+
+        async def _async_pre_start_kernel(self, **kw):
+            # progress bars belong to the terminal running the build, not to the rendered pages
+            kw["env"] = {**os.environ, **(kw.get("env") or {}), "TQDM_DISABLE": "1"}
+            return await super()._async_pre_start_kernel(**kw)
+
+    return LocalKernelManager
 
 
 def write_ledger(layout: Layout) -> Path:
@@ -181,46 +224,30 @@ def build_book(layout: Layout) -> int:
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(layout.book), "--config",
            str(layout.config), "--toc", str(write_toc(layout)), "--path-output", str(layout.book),
-           "-W", "--keep-going", "--all"]
+           "-W", "--keep-going", "--all", "--quiet"]
     log.info("building the book: %s", " ".join(cmd))
     return subprocess.run(cmd, cwd=layout.root).returncode
 
 
-def _record_runtimes(layout: Layout, preset: str, times: dict[str, float]) -> None:
-    """Keep the wall time of each notebook per preset in ``book/runtimes.json`` (a tracked
-    file, shown in the book's runtime table with the machine it was measured on). The slowest
-    measurement is kept: re-executions reuse finished runs and take seconds, while the table is
-    meant to say what a first run, training included, costs."""
+def runtime_table(layout: Layout) -> str:
+    """Markdown table of each executed notebook's wall time, from what papermill records in the
+    notebook itself (``metadata.papermill``): nothing tracked is rewritten by a build."""
     import os
     import platform
 
-    path = layout.book / "runtimes.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    for name, sec in times.items():
-        old = data.setdefault(name, {}).get(preset)
-        if old is None or sec > old["seconds"]:
-            data[name][preset] = {"seconds": round(sec, 1), "cores": os.cpu_count(),
-                                  "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
-    atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-
-
-def runtime_table(layout: Layout) -> str:
-    """Markdown table of the recorded wall times (seconds) per notebook and preset."""
-    path = layout.book / "runtimes.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    rows, totals = [], {"ci": 0.0, "laptop": 0.0}
-    for name in sorted(data):
-        row, where = {"notebook": f"`{name}`"}, set()
-        for preset in ("ci", "laptop"):
-            m = data[name].get(preset)
-            row[f"{preset} (s)"] = f"{m['seconds']:.0f}" if m else "—"
-            if m:
-                totals[preset] += m["seconds"]
-                where.add(f"{m['cores']} cores, {m['date']}")
-        rows.append({**row, "measured on": "; ".join(sorted(where))})
-    rows.append({"notebook": "**total**", "ci (s)": f"**{totals['ci']:.0f}**",
-                 "laptop (s)": f"**{totals['laptop']:.0f}**", "measured on": ""})
-    return _markdown(rows) + "\n"
+    rows, total = [], 0.0
+    for path in sorted(layout.figures.glob("*.ipynb")):
+        meta = nbformat.read(path, as_version=4).metadata.get("papermill", {})
+        if meta.get("duration") is None:
+            continue
+        total += meta["duration"]
+        rows.append({"notebook": f"`{path.stem}`", "preset": meta.get("parameters", {}).get("preset", "ci"),
+                     "seconds": f"{meta['duration']:.0f}", "executed": str(meta.get("end_time", ""))[:16].replace("T", " ")})
+    if not rows:
+        return "No notebook has been executed yet.\n"
+    rows.append({"notebook": "**total**", "preset": "", "seconds": f"**{total:.0f}**", "executed": ""})
+    return (_markdown(rows) + f"\n\nMeasured on {os.cpu_count()} cores ({platform.machine()}) by the build that "
+            "made these pages; a page whose runs were already on disk reuses them and shows only its analysis time.\n")
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -238,19 +265,16 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     layout = Layout(Path(root) if root else Path.cwd())
     chosen = select(layout, only)
-    failures, times = {}, {}
+    failures = {}
     for k, (name, source) in enumerate(chosen.items(), 1):
         echo(f"[{k}/{len(chosen)}] {name} ({preset}) ...")
         ok, sec, msg = execute(name, source, layout, preset)
         echo(f"[{k}/{len(chosen)}] {name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
-        if ok:
-            times[name] = sec
-        else:
+        if not ok:
             failures[name] = msg
             echo(f"  {msg}")
             if not keep_going:
                 break
-    _record_runtimes(layout, preset, times)
     write_ledger(layout)
     status = 1 if failures else 0
     if failures:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+with warnings.catch_warnings():  # tqdm.auto warns in kernels without ipywidgets (the `lab` extra has them)
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from tqdm.auto import tqdm
 
 from .data import CharCorpus, TensorData
 from ..record import Recorder, batchnorm_parameters, log_linear_steps
@@ -113,7 +118,8 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     run_meta = {"task": "classification", "epochs": epochs, "batch_size": batch_size, "schedule": schedule,
                 "freeze_epoch": freeze_epoch, **(meta or {})}
     with Recorder(model, run_dir, every=every, optimizer=opt, seed=seed, meta=run_meta) as rec:
-        for epoch in range(epochs):
+        for epoch in tqdm(range(epochs), desc=f"train {Path(run_dir).name}", unit="epoch", leave=False,
+                           disable=None):
             if freeze_epoch is not None and epoch == freeze_epoch:
                 opt = make_opt(bn_only(model))
             losses = []
@@ -152,7 +158,8 @@ def train_char_lm(model: nn.Module, corpus: CharCorpus, *, run_dir: str | Path, 
                 "config": config.to_dict() if config is not None else None, **(meta or {})}
     rows = []
     with Recorder(model, run_dir, steps=schedule, optimizer=opt, seed=seed, meta=run_meta) as rec:
-        for step in range(1, steps + 1):
+        for step in tqdm(range(1, steps + 1), desc=f"train {Path(run_dir).name}", unit="step", leave=False,
+                         disable=None):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1, steps, lr=lr, schedule="cosine", warmup=warmup)
             start = torch.randint(0, len(ids) - context - 1, (batch_size,), generator=gen)
