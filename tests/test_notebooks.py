@@ -171,10 +171,10 @@ def test_02_momentum_and_weight_decay_order_holds_for_every_seed(ci_book):
         mds = g.set_index("label")["mds"].astype(float)
         assert mds["momentum + wd"] < min(mds["momentum only"], mds["wd only"]), seed
         assert max(mds["momentum only"], mds["wd only"]) < mds["neither"], seed
-    rows = {r["claim"]: r for r in doc["claims"]}
-    assert rows["Disabling momentum and weight decay raises MDS"]["agrees"] is True
-    acc_row = rows["Disabling momentum and weight decay lowers accuracy"]
-    assert acc_row["ours"] is not None and np.isfinite(acc_row["ours"])  # computed; needs laptop to settle
+    raises, accuracy, order = doc["claims"]
+    assert raises["verdict"] == "agrees" and raises["effect"]["n"] == doc["parameters"]["seeds"]
+    assert order["effect"]["mean"] > 0  # the order holds on every seed (above)
+    assert accuracy["verdict"] in ("agrees", "disagrees", "inconclusive")  # computed; needs laptop to settle
 
 
 def test_03_larger_batches_lower_mds_for_every_seed(ci_book):
@@ -185,22 +185,35 @@ def test_03_larger_batches_lower_mds_for_every_seed(ci_book):
         mds = g.set_index("label")["mds"].astype(float)
         mds.index = mds.index.map(str)
         assert all(mds[str(a)] > mds[str(b)] for a, b in zip(batches[:-1], batches[1:])), (seed, mds)
-    angle = results(root, "03-batch-size")["claims"][1]
-    assert angle["agrees"] is not None and np.isfinite(angle["ours"])  # computed; reported either way
+    lower, angle, update_param = results(root, "03-batch-size")["claims"][:3]
+    assert lower["effect"]["mean"] < 0 and lower["level"] == "checkpoint"
+    for row in (angle, update_param):  # computed and reported either way
+        assert row["verdict"] in ("agrees", "disagrees", "inconclusive") and np.isfinite(row["effect"]["mean"])
 
 
 def test_07_batchnorm_only_claims(ci_book):
+    """Paired by seed, as the ci preset is powered to see: freezing at initialisation costs more
+    than 5 points on every seed, and the latest freeze is closer to full training than that."""
     root, _, _ = ci_book
     doc = results(root, "07-batchnorm-only")
-    assert doc["claims"][0]["agrees"] is True   # a late freeze matches full training
-    assert doc["claims"][1]["agrees"] is True   # freezing at initialisation does not
+    runs = _per_run(root, "07-batchnorm-only")
+    acc = runs.pivot(index="seed", columns="label", values="final_accuracy").astype(float)
+    acc.columns = acc.columns.map(str)
+    k = [str(x) for x in doc["parameters"]["freeze_epochs"]]
+    assert ((acc["full"] - acc[k[0]]) > 0.05).all(), acc
+    assert ((acc["full"] - acc[k[-1]]).abs() < (acc["full"] - acc[k[0]])).all(), acc
+    for row in doc["claims"][:2]:
+        assert row["verdict"] in ("agrees", "disagrees", "inconclusive")
+        assert row["effect"]["n"] == doc["parameters"]["seeds"]
+    assert doc["claims"][2]["verdict"] is None and doc["claims"][2]["kind"] == "property"
     assert doc["values"]["n_bn"] / doc["values"]["n_total"] < 0.01
 
 
 def test_04_mds_rises_with_width_and_05_scale_homogenises_qkv(ci_book):
     root, _, _ = ci_book
     doc = results(root, "04-scale")
-    assert [r["agrees"] for r in doc["claims"]] == [True, True]  # all parameters and matrices alone
+    assert doc["claims"][0]["effect"]["mean"] > 0 and doc["claims"][1]["effect"]["mean"] > 0  # every seed
+    assert doc["claims"][0]["effect"]["n"] == doc["parameters"]["seeds"]
     per_run = _per_run(root, "04-scale")
     mat = per_run[per_run["group"] == "matrices"].groupby("label")["mds"].mean()
     mat.index = mat.index.map(str)
@@ -209,7 +222,7 @@ def test_04_mds_rises_with_width_and_05_scale_homogenises_qkv(ci_book):
     spread = results(root, "05-qkv")["values"]["spread"]
     rows = sorted(spread.values(), key=lambda r: r["label"])
     assert all(a["all_layers"] > b["all_layers"] for a, b in zip(rows[:-1], rows[1:]))
-    assert results(root, "05-qkv")["claims"][0]["agrees"] is not None  # middle layers: computed, either way
+    assert results(root, "05-qkv")["claims"][0]["verdict"] in ("agrees", "disagrees", "inconclusive")
 
 
 def test_06_mechanism_claims(ci_book):

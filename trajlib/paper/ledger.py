@@ -3,7 +3,8 @@ book's front page.
 
 A notebook calls :func:`claim` for each paper claim it tests and :func:`write_results` once;
 ``python -m trajlib.paper reproduce`` renders every results file into one Markdown table (:func:`render`):
-claim, the paper's number, ours (± std over seeds), and whether the direction agrees.
+claim, what the paper says and where that comes from, our effect with its 95 % interval over
+seeds, and a verdict: agrees, disagrees or inconclusive (:mod:`trajlib.paper.verdict`).
 """
 
 from __future__ import annotations
@@ -16,17 +17,58 @@ import numpy as np
 import pandas as pd
 
 from ..manifest import atomic_write
+from .verdict import VERDICTS, judge
 
 
-def claim(text: str, *, paper: str, ours: float | None, std: float | None = None, agrees: bool | None,
-          unit: str = "", note: str = "", digits: int = 3, shown: str | None = None) -> dict:
-    """One ledger row. ``agrees``: whether our direction matches the paper's (None: not tested
-    at this preset, e.g. a claim that needs the paper's models). ``ours``/``std``: the number
-    the agreement is judged on (an effect size); ``shown``: how to print it when a pair of
-    values says more ("0.81 → 0.99"); ``digits`` sets the rounding."""
-    return {"claim": text, "paper": paper, "ours": None if ours is None else float(ours),
-            "std": None if std is None else float(std), "agrees": None if agrees is None else bool(agrees),
-            "unit": unit, "note": note, "digits": digits, "shown": shown}
+KINDS = {
+    "paper": "Paper claims, tested on trained networks",
+    "mechanism": "The mechanism, in our own model (simulation)",
+    "property": "Descriptive numbers (properties, not findings)",
+}
+# Where a paper number or claim comes from (../shared/PAPER-SOURCES.md), strongest first.
+SOURCES = {
+    "A2": "arXiv v2 abstract", "A1": "arXiv v1 abstract", "W": "TF2M 2024 workshop abstract",
+    "I": "ICLR 2025 abstract", "R": "a reproducibility summary quoting the ICLR text",
+    "S": "a secondary, machine-written summary of v2: unverified against the paper's text",
+    "ours": "our own count or computation, not the paper's",
+}
+
+
+def claim(text: str, *, paper: str, source: str, ours: float | None = None, effects=None,
+          direction: int | None = None, kind: str = "paper", level: str = "", std: float | None = None,
+          agrees: bool | None = None, unit: str = "", note: str = "", digits: int = 3,
+          shown: str | None = None) -> dict:
+    """One ledger row.
+
+    ``effects``: the claim's effect per seed (paired by seed where the design pairs them), signed
+    so that the paper's direction is ``direction`` (+1 or −1); the row then carries the mean, its
+    95 % t-interval, n and a three-way verdict (:mod:`trajlib.paper.verdict`). ``paper``: what
+    the paper says, with ``source`` naming where that comes from (a key of :data:`SOURCES`).
+    ``kind``: "paper", "mechanism" or "property" (only "paper" rows count in the headline; a
+    property has no verdict). ``level``: what the effect is measured on (e.g. "step",
+    "checkpoint"). ``shown``: how to print the numbers when a pair of values says more.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; valid: {', '.join(KINDS)}")
+    unknown = [k for k in str(source).split(",") if k.strip() not in SOURCES]
+    if unknown:
+        raise ValueError(f"source={source!r}; valid: {', '.join(SOURCES)} (several joined by commas)")
+    row = {"claim": text, "paper": paper, "source": source, "kind": kind, "level": level, "unit": unit,
+           "note": note, "digits": digits, "shown": shown, "std": None if std is None else float(std),
+           "effect": None, "verdict": None}
+    if effects is not None:
+        if direction is None:
+            raise ValueError(f"{text!r}: effects need the paper's direction (+1 or -1)")
+        effect = judge(effects, direction=direction)
+        row.update(effect=effect.as_dict(), verdict=effect.verdict, ours=effect.mean)
+    else:
+        row["ours"] = None if ours is None else float(ours)
+        if agrees is not None:
+            row["verdict"] = "agrees" if agrees else "disagrees"
+    if kind == "property":
+        row["verdict"] = None
+    row["agrees"] = {"agrees": True, "disagrees": False}.get(row["verdict"])
+    return row
 
 
 def glue_all(**values) -> None:
@@ -43,9 +85,9 @@ def write_results(name: str, *, title: str, claims: list[dict], values: dict, pa
                   results_dir: str | Path = "results") -> Path:
     """Write ``results_dir/<name>.json`` atomically: title, preset, parameters, values, claims."""
     for row in claims:
-        missing = {"claim", "paper", "ours", "agrees"} - set(row)
+        missing = {"claim", "paper", "source", "kind", "ours", "verdict"} - set(row)
         if missing:
-            raise ValueError(f"{name}: claim row lacks {sorted(missing)}; build rows with trajlib.ledger.claim")
+            raise ValueError(f"{name}: claim row lacks {sorted(missing)}; build rows with trajlib.paper.ledger.claim")
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"notebook": name, "title": title, "preset": parameters.get("preset", "ci"),
@@ -73,39 +115,67 @@ def read_results(results_dir: str | Path) -> list[dict]:
 
 
 def _fmt(row: dict) -> str:
+    d = row.get("digits", 3)
+    unit = f" {row['unit']}" if row.get("unit") else ""
+    effect = row.get("effect")
+    if effect:
+        if effect["low"] is None:
+            text = f"{effect['mean']:+.{d}f}{unit} (1 seed: no interval)"
+        else:
+            text = f"{effect['mean']:+.{d}f} [{effect['low']:+.{d}f}, {effect['high']:+.{d}f}]{unit}, n = {effect['n']}"
+        return f"{row['shown']}<br>effect {text}" if row.get("shown") else text
     if row.get("shown"):
         return row["shown"]
-    if row["ours"] is None or (isinstance(row["ours"], float) and math.isnan(row["ours"])):
+    if row.get("ours") is None or (isinstance(row["ours"], float) and math.isnan(row["ours"])):
         return "—"
-    d = row.get("digits", 3)
     s = f"{row['ours']:.{d}f}"
     if row.get("std") is not None:
         s += f" ± {row['std']:.{d}f}"
-    return s + (f" {row['unit']}" if row.get("unit") else "")
+    return s + unit
 
 
-AGREES = {True: "**yes**", False: "**no**", None: "not tested"}
+VERDICT_TEXT = {"agrees": "**agrees**", "disagrees": "**disagrees**", "inconclusive": "inconclusive", None: "—"}
+
+
+def headline(results: list[dict]) -> dict:
+    """Counts of the paper claims tested on trained networks, by verdict (the front page's
+    headline; mechanism rows and properties are not counted)."""
+    rows = [r for doc in results for r in doc["claims"] if r.get("kind", "paper") == "paper"]
+    counts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICTS}
+    return {"claims": len(rows), **counts, "untested": sum(r.get("verdict") is None for r in rows)}
 
 
 def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
-    """The ledger as a MyST Markdown table (links point at each notebook's page)."""
-    rows = [r for doc in results for r in doc["claims"]]
-    tested = [r for r in rows if r["agrees"] is not None]
-    agree = sum(r["agrees"] for r in tested)
+    """The ledger as MyST Markdown: the headline (paper claims only), one table per kind of row
+    (claim, what the paper says and from where, our effect with its 95 % interval over seeds,
+    the verdict), and the key to the sources."""
+    h = headline(results)
     presets = sorted({doc["preset"] for doc in results})
-    lines = [f"**{agree} of {len(tested)} tested claims agree in direction** "
-             f"({len(rows) - len(tested)} more {'is' if len(rows) - len(tested) == 1 else 'are'} reported "
-             f"but not tested at this preset). "
-             f"These pages were produced by the **{', '.join(presets) or '—'}** preset"
+    lines = [f"**Of {h['claims']} paper claims tested on trained networks, {h['agrees']} agree, "
+             f"{h['disagrees']} disagree and {h['inconclusive']} are inconclusive** (a verdict needs the 95 % "
+             f"interval of the effect over seeds to exclude zero)"
+             + (f"; {h['untested']} more are not tested at this preset" if h["untested"] else "")
+             + f". These pages were produced by the **{', '.join(presets) or '—'}** preset"
              f"{'s' if len(presets) > 1 else ''}.", ""]
-    table = [{"page": f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)",
-              "claim": r["claim"] + (f" <br><small>{r['note']}</small>" if r.get("note") else ""),
-              "paper": r["paper"], "ours": _fmt(r), "agrees": AGREES[r["agrees"]], "preset": doc["preset"]}
-             for doc in results for r in doc["claims"]]
-    if not table:
-        table = [{"page": "—", "claim": "no results yet: run `python -m trajlib.paper reproduce`", "paper": "",
-                  "ours": "", "agrees": "", "preset": ""}]
-    lines.append(pd.DataFrame(table).to_markdown(index=False))
+    used = set()
+    for kind, title in KINDS.items():
+        table = []
+        for doc in results:
+            for r in doc["claims"]:
+                if r.get("kind", "paper") != kind:
+                    continue
+                used.update(k.strip() for k in str(r.get("source")).split(","))
+                level = f" ({r['level']} level)" if r.get("level") else ""
+                table.append({
+                    "page": f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)",
+                    "claim": r["claim"] + level + (f" <br><small>{r['note']}</small>" if r.get("note") else ""),
+                    "the paper (source)": f"{r['paper']} ({r.get('source', '?')})",
+                    "ours": _fmt(r), "verdict": VERDICT_TEXT[r.get("verdict")], "preset": doc["preset"]})
+        if table:
+            lines += [f"### {title}", "", pd.DataFrame(table).to_markdown(index=False), ""]
+    if not results:
+        lines += ["No results yet: run `python -m trajlib.paper reproduce`.", ""]
+    lines += ["Sources: " + "; ".join(f"**{k}**: {v}" for k, v in SOURCES.items() if k in used) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,55 @@
+"""The claims ledger: verdicts with intervals over seeds, kinds of rows counted apart, provenance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from trajlib.paper.ledger import claim, headline, render
+from trajlib.paper.verdict import judge, t_interval
+
+
+def test_the_interval_is_students_t_and_the_verdict_has_three_outcomes():
+    x = [0.10, 0.12, 0.08, 0.11, 0.09]
+    mean, low, high = t_interval(x)
+    half = stats.t.ppf(0.975, 4) * np.std(x, ddof=1) / math.sqrt(5)
+    assert mean == pytest.approx(0.10) and high - mean == pytest.approx(half) and mean - low == pytest.approx(half)
+    assert judge(x, direction=+1).verdict == "agrees"
+    assert judge(x, direction=-1).verdict == "disagrees"
+    assert judge([0.1, -0.1, 0.05], direction=+1).verdict == "inconclusive"   # straddles zero
+    one = judge([0.5], direction=+1)
+    assert one.verdict == "inconclusive" and math.isnan(one.low) and one.n == 1  # one seed: no interval
+    with pytest.raises(ValueError, match="direction"):
+        judge(x, direction=0)
+
+
+def _doc(name, claims, preset="laptop"):
+    return {"notebook": name, "title": name, "preset": preset, "claims": claims}
+
+
+def test_the_headline_counts_paper_claims_only_and_each_kind_gets_its_table():
+    results = [
+        _doc("01-a", [claim("up", paper="higher", source="A2", effects=[1.0, 1.1, 0.9], direction=+1),
+                      claim("size", paper="0.5 %", source="ours", kind="property", ours=0.6)]),
+        _doc("02-b", [claim("down", paper="lower", source="S", effects=[1.0, 1.2, 0.8], direction=-1),
+                      claim("flat", paper="lower", source="I", effects=[0.1, -0.2, 0.05], direction=-1),
+                      claim("sim", paper="oscillates", source="I", kind="mechanism", effects=[1, 2, 3], direction=+1)]),
+    ]
+    assert headline(results) == {"claims": 3, "agrees": 1, "disagrees": 1, "inconclusive": 1, "untested": 0}
+    text = render(results)
+    assert text.startswith("**Of 3 paper claims tested on trained networks, 1 agree, 1 disagree and 1 are inconclusive**")
+    assert text.index("### Paper claims") < text.index("### The mechanism") < text.index("### Descriptive numbers")
+    assert "higher (A2)" in text and "**S**: a secondary, machine-written summary" in text
+    assert "[+1.000, " not in text and "n = 3" in text
+    prop = results[0]["claims"][1]
+    assert prop["verdict"] is None and prop["agrees"] is None
+
+
+def test_a_row_must_say_where_the_paper_number_comes_from():
+    with pytest.raises(TypeError):
+        claim("x", paper="0.76", effects=[1, 2], direction=1)  # no source
+    with pytest.raises(ValueError, match="source='paper'"):
+        claim("x", paper="0.76", source="paper", effects=[1, 2], direction=1)
