@@ -79,3 +79,116 @@ def test_plain_recorder_hook_logs_the_live_mds(tmp_path):
     prefix = H.mds(trajlib.gram(trajlib.open_trajectory(tmp_path / "run").select(range(5)), cache=False,
                                 progress=False)["all"])
     assert logged[1][1]["trajectory/mds"] == pytest.approx(prefix, abs=1e-12)
+
+
+def test_recorder_saves_a_step_it_saw_and_rewind_drops_later_checkpoints(tmp_path):
+    from trajlib.record import rewind
+
+    model = torch.nn.Linear(3, 2)
+    with trajlib.Recorder(model, tmp_path / "run", every=4) as rec:
+        assert not rec.step(1) and not rec.step(2)
+        rec.save(2)  # a framework's own save at a step the schedule skipped
+        with pytest.raises(ValueError, match="step 2 is not after"):
+            rec.save(2)
+        with pytest.raises(ValueError, match="step 1 is not after"):
+            rec.step(1)
+        for s in range(3, 10):
+            rec.step(s)
+    assert rec.recorded_steps == [0, 2, 4, 8]
+    with pytest.warns(UserWarning, match=r"dropped 1 checkpoint\(s\) recorded after it \(steps 8..8\)"):
+        assert rewind(tmp_path / "run", 5) == [8]
+    assert list(trajlib.open_trajectory(tmp_path / "run").steps) == [0, 2, 4]
+    assert not (tmp_path / "run" / "ckpt-000000008.safetensors").exists()
+
+
+# -- transformers.Trainer -------------------------------------------------------------------------
+def _lm_dataset(n: int = 64, context: int = 8, vocab: int = 17):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (n, context), generator=g)
+    return [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x} for x in ids]
+
+
+def _hf_trainer(out, callback, *, max_steps=12, save_steps=6, report_to=("tensorboard",), extra=()):
+    from transformers import Trainer, TrainingArguments
+
+    from trajlib.paper.models import tiny_gpt_neox
+
+    model = tiny_gpt_neox(vocab_size=17, width=16, layers=2, heads=2, context=8, seed=0)
+    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
+                             learning_rate=3e-3, save_steps=save_steps, logging_steps=2, report_to=list(report_to),
+                             use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0, save_strategy="steps")
+    return Trainer(model=model, args=args, train_dataset=_lm_dataset(), callbacks=[callback, *extra])
+
+
+def test_hf_trainer_records_on_schedule_at_saves_and_logs_live_hallmarks(tmp_path):
+    from trajlib.integrations.hf import TrajectoryCallback
+
+    cb = TrajectoryCallback(every=4, at_saves=True, image_every=2)
+    trainer = _hf_trainer(tmp_path / "out", cb, max_steps=12, save_steps=6)
+    trainer.train()
+    run = tmp_path / "out" / "trajectory"
+    traj = trajlib.open_trajectory(run)
+    assert list(traj.steps) == [0, 4, 6, 8, 12]  # every 4, plus the Trainer's save at 6
+    assert traj.meta["framework"] == "transformers.Trainer"
+    # θ_t is the model after optimizer step t: equal to the Trainer's own checkpoint of that step
+    ckpts = trajlib.open_trajectory(tmp_path / "out")  # checkpoint-6/, checkpoint-12/
+    assert list(ckpts.steps) == [6, 12]
+    for t_ck, t_run in ((0, 2), (1, 4)):
+        for name in ("gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.embed_in.weight"):
+            np.testing.assert_array_equal(ckpts.tensor(t_ck, name), traj.tensor(t_run, name))
+    # live hallmarks: TensorBoard event files beside the Trainer's own, read back
+    acc = _events(tmp_path / "out" / "runs" / "trajectory")
+    mds = acc.Scalars("trajectory/mds")
+    assert [e.step for e in mds] == [4, 6, 8, 12]
+    G = _gram(run)
+    stats = trajlib.gram(traj, cache=False, progress=False)
+    for e, T in zip(mds, range(2, 6)):
+        assert e.value == pytest.approx(H.mds(stats.select(range(T))["all"]), abs=1e-6)  # float32 events
+    assert mds[-1].value == pytest.approx(H.mds(G), abs=1e-6)
+    images = acc.Images("trajectory/map")
+    assert [e.step for e in images] == [6, 12] and images[0].width == 256
+
+
+def test_hf_trainer_resume_replays_and_appends(tmp_path):
+    from transformers import TrainerCallback
+
+    from trajlib.integrations.hf import TrajectoryCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 9:
+                raise KeyboardInterrupt("simulated kill at step 9")
+
+    out = tmp_path / "out"
+    first = TrajectoryCallback(every=4, live=None)
+    with pytest.raises(KeyboardInterrupt):
+        _hf_trainer(out, first, report_to=(), extra=[Crash()]).train()
+    first.session.close()  # what the dead process' exit would do (flush, drop the lock)
+    assert list(trajlib.open_trajectory(out / "trajectory").steps) == [0, 4, 8]
+    with pytest.raises(trajlib.TrajectoryError, match="training starts at step 0; pass fresh=True"):
+        _hf_trainer(out, TrajectoryCallback(every=4, live=None), report_to=()).train()
+    second = TrajectoryCallback(every=4, live=None)
+    trainer = _hf_trainer(out, second, report_to=())
+    with pytest.warns(UserWarning, match=r"resuming at step 6: dropped 1 checkpoint\(s\).*steps 8..8"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    traj = trajlib.open_trajectory(out / "trajectory")
+    assert list(traj.steps) == [0, 4, 8, 12]
+    final = {n: p.detach().numpy() for n, p in trainer.model.named_parameters()}
+    for name in ("gpt_neox.embed_in.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(traj.tensor(3, name), final[name])
+
+
+def test_hf_callback_writes_nothing_off_process_zero(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from trajlib.integrations.hf import TrajectoryCallback
+
+    cb = TrajectoryCallback(tmp_path / "run", every=1)
+    state = TrainerState(is_world_process_zero=False, max_steps=3)
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True)
+    cb.on_train_begin(args, state, TrainerControl(), model=torch.nn.Linear(2, 2))
+    for s in (1, 2, 3):
+        state.global_step = s
+        cb.on_step_end(args, state, TrainerControl())
+    cb.on_train_end(args, state, TrainerControl())
+    assert not (tmp_path / "run").exists() and cb.session is None
