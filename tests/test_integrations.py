@@ -192,3 +192,82 @@ def test_hf_callback_writes_nothing_off_process_zero(tmp_path):
         cb.on_step_end(args, state, TrainerControl())
     cb.on_train_end(args, state, TrainerControl())
     assert not (tmp_path / "run").exists() and cb.session is None
+
+
+# -- PyTorch Lightning ----------------------------------------------------------------------------
+def _lightning_parts():
+    import lightning.pytorch as L
+
+    class Regressor(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    data = torch.utils.data.TensorDataset(x, x[:, :1] * 2 - x[:, 1:2])
+    return L, Regressor, lambda: torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)
+
+
+def _lightning_trainer(L, root, callbacks, *, max_steps, logger=True, ckpt_every=None, accumulate=1):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    cbs = list(callbacks)
+    if ckpt_every:
+        cbs.append(ModelCheckpoint(dirpath=root / "ckpts", every_n_train_steps=ckpt_every, save_top_k=-1))
+    return L.Trainer(default_root_dir=root, max_steps=max_steps, accelerator="cpu", devices=1, callbacks=cbs,
+                     logger=TensorBoardLogger(root, name="tb", version=0) if logger else False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                     enable_checkpointing=bool(ckpt_every), accumulate_grad_batches=accumulate)
+
+
+def test_lightning_records_per_optimizer_step_and_logs_to_tensorboard(tmp_path):
+    from trajlib.integrations.lightning import TrajectoryCallback
+
+    L, Regressor, loader = _lightning_parts()
+    cb = TrajectoryCallback(every=3, at_saves=True, image_every=2)
+    module = Regressor()
+    trainer = _lightning_trainer(L, tmp_path, [cb], max_steps=10, ckpt_every=5, accumulate=2)
+    trainer.fit(module, loader())
+    traj = trajlib.open_trajectory(tmp_path / "trajectory")
+    assert list(traj.steps) == [0, 3, 5, 6, 9, 10]  # optimizer steps (2 batches each), + saves at 5, 10
+    final = dict(module.named_parameters())
+    np.testing.assert_array_equal(traj.tensor(traj.T - 1, "net.0.weight"), final["net.0.weight"].detach().numpy())
+    acc = _events(tmp_path / "tb" / "version_0")
+    mds = acc.Scalars("trajectory/mds")
+    assert [e.step for e in mds] == [3, 5, 6, 9, 10]
+    assert mds[-1].value == pytest.approx(H.mds(_gram(tmp_path / "trajectory")), abs=1e-6)
+    assert [e.step for e in acc.Images("trajectory/map")] == [5, 9]
+
+
+def test_lightning_resume_from_ckpt_path_appends(tmp_path):
+    from trajlib.integrations.lightning import TrajectoryCallback
+
+    L, Regressor, loader = _lightning_parts()
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 7:
+                raise RuntimeError("simulated failure at step 7")
+
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _lightning_trainer(L, tmp_path, [TrajectoryCallback(every=2, live=None), Crash()], max_steps=10,
+                           ckpt_every=4, logger=False).fit(Regressor(), loader())
+    assert list(trajlib.open_trajectory(tmp_path / "trajectory").steps) == [0, 2, 4, 6]
+    module = Regressor()
+    trainer = _lightning_trainer(L, tmp_path, [TrajectoryCallback(every=2, live=None)], max_steps=10,
+                                 logger=False)
+    with pytest.warns(UserWarning, match=r"resuming at step 4: dropped 1 checkpoint"):
+        trainer.fit(module, loader(), ckpt_path=str(tmp_path / "ckpts" / "epoch=0-step=4.ckpt"))
+    traj = trajlib.open_trajectory(tmp_path / "trajectory")
+    assert list(traj.steps) == [0, 2, 4, 6, 8, 10]
+    np.testing.assert_array_equal(traj.tensor(5, "net.2.weight"), module.net[2].weight.detach().numpy())
