@@ -31,7 +31,7 @@ def _events(log_dir):
 def test_running_gram_equals_the_streamed_gram(tmp_path, rng):
     thetas = random_walk(rng, {"a.weight": (30, 20), "a.bias": (30,), "b.weight": (5, 30)}, 10)
     run = write_run(tmp_path / "r", thetas)
-    rg = RunningGram(chunk=97)  # slabs that cut tensors
+    rg = RunningGram()
     for t, th in enumerate(thetas):
         rg.add(t, [torch.as_tensor(v) for v in th.values()])
         if t >= 1:  # each prefix equals the Gram of that prefix
@@ -41,14 +41,14 @@ def test_running_gram_equals_the_streamed_gram(tmp_path, rng):
 
 
 def test_running_gram_refuses_bad_input_and_stops_at_its_budget():
-    rg = RunningGram(max_bytes=3 * 40)
+    rg = RunningGram(max_bytes=3 * 80)
     rg.add(0, torch.zeros(10))
     with pytest.raises(ValueError, match="step 0 is not after"):
         rg.add(0, torch.ones(10))
     with pytest.raises(ValueError, match="step 1 has 11"):
         rg.add(1, torch.ones(11))
     assert rg.add(1, torch.ones(10)) and rg.add(2, 2 * torch.ones(10))
-    with pytest.warns(UserWarning, match="exceeds max_bytes"):
+    with pytest.warns(UserWarning, match="4 rows of 10 float64 values exceed max_bytes=240; the live map stops at step 2"):
         assert not rg.add(3, 3 * torch.ones(10))
     assert rg.T == 3 and rg.full
 

@@ -6,8 +6,8 @@ u_{T-1} = θ_T − θ_{T-1} (formed in float64 from the values, never by subtrac
 with θ_0 and every earlier update. It equals what :func:`trajlib.gram` computes from the files
 afterwards (same rows, another summation order: agreement to ~1e-12 relative, tested).
 
-The cost is stated, not hidden: adding a checkpoint costs O(T·P) flops, and the checkpoints are
-held in host memory in their own dtype (T·P·itemsize bytes; ``max_bytes`` bounds it). Past that
+The cost is stated, not hidden: adding a checkpoint costs one (T, P) × (P,) float64 product, and
+the rows are held in host memory in float64 (T·P·8 bytes; ``max_bytes`` bounds it). Past that
 budget the live map stops growing (a warning says so) and the exact map comes from ``trajlib.gram``
 on the run directory; a sketched map for long runs is the sketch module's job (DESIGN §7).
 
@@ -41,14 +41,16 @@ def flat_parameters(tensors: Mapping[str, tuple[torch.Tensor, str]]) -> list[tor
 class RunningGram:
     """G (T, T) of [θ_0; u_0..u_{T-2}], grown by one row per checkpoint, exact in float64.
 
-    ``max_bytes``: host memory allowed for the held checkpoints; ``chunk``: columns per
-    float64 work slab (keeps the work buffers at T·chunk·8 bytes)."""
+    Holds the rows themselves, float64, in one (capacity, P) buffer that doubles when full, and
+    θ_{T-1} to form the next update; ``max_bytes`` bounds the rows' memory (T·P·8 bytes)."""
 
-    def __init__(self, *, max_bytes: int = 1 << 30, chunk: int = 1 << 16):
-        if max_bytes <= 0 or chunk <= 0:
-            raise ValueError(f"max_bytes={max_bytes}, chunk={chunk}: both must be positive")
-        self.max_bytes, self.chunk = int(max_bytes), int(chunk)
-        self._thetas: list[torch.Tensor] = []  # flat copies, (P,) each, in the recorded dtype
+    def __init__(self, *, max_bytes: int = 1 << 30):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes={max_bytes}: must be positive")
+        self.max_bytes = int(max_bytes)
+        self._rows: torch.Tensor | None = None  # (capacity, P) float64: θ_0, u_0, u_1, ...
+        self._prev: torch.Tensor | None = None  # θ_{T-1}, float64 (P,)
+        self._dtype = None
         self._G = np.zeros((0, 0))
         self.steps: list[int] = []
         self.full = False
@@ -70,36 +72,33 @@ class RunningGram:
             raise ValueError(f"RunningGram: step {step} is not after the last checkpoint's ({self.steps[-1]})")
         parts = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
         with torch.no_grad():
-            theta = torch.cat([p.detach().reshape(-1).to("cpu", copy=True) for p in parts])
-        if self._thetas and (theta.numel(), theta.dtype) != (self._thetas[0].numel(), self._thetas[0].dtype):
-            raise ValueError(f"RunningGram: checkpoint of step {step} has {theta.numel()} {theta.dtype} "
-                             f"values, θ_0 had {self._thetas[0].numel()} {self._thetas[0].dtype}")
-        if (len(self._thetas) + 1) * theta.numel() * theta.element_size() > self.max_bytes:
+            theta = torch.cat([p.detach().reshape(-1).to("cpu") for p in parts])
+        T, P = self.T, theta.numel()
+        if self._prev is not None and (P, theta.dtype) != (self._prev.numel(), self._dtype):
+            raise ValueError(f"RunningGram: checkpoint of step {step} has {P} {theta.dtype} values, "
+                             f"θ_0 had {self._prev.numel()} {self._dtype}")
+        if (T + 1) * P * 8 > self.max_bytes:
             if not self.full:
-                warnings.warn(f"RunningGram: holding {len(self._thetas) + 1} checkpoints of "
-                              f"{theta.numel():,} values exceeds max_bytes={self.max_bytes:,}; the live map stops "
-                              f"at step {self.steps[-1] if self.steps else None} (trajlib.gram on the run "
-                              f"directory gives the whole map)", stacklevel=2)
+                warnings.warn(f"RunningGram: {T + 1} rows of {P:,} float64 values exceed max_bytes="
+                              f"{self.max_bytes:,}; the live map stops at step {self.steps[-1] if self.steps else None} "
+                              f"(trajlib.gram on the run directory gives the whole map)", stacklevel=2)
             self.full = True
             return False
-        self._thetas.append(theta)
+        theta64 = theta.to(torch.float64)
+        r = theta64 if self._prev is None else theta64 - self._prev  # u_{T-1}, formed from the values
+        if self._rows is None or len(self._rows) == T:
+            grown = torch.empty(max(4, 2 * T), P, dtype=torch.float64)
+            if T:
+                grown[:T] = self._rows[:T]
+            self._rows = grown
+        self._rows[T] = r
+        row = (self._rows[: T + 1] @ r).numpy()  # ⟨r_s, r_T⟩ for s ≤ T
+        G = np.zeros((T + 1, T + 1))
+        G[:T, :T] = self._G
+        G[T, :] = G[:, T] = row
+        self._G, self._prev, self._dtype = G, theta64, theta.dtype
         self.steps.append(step)
-        self._grow()
         return True
-
-    def _grow(self) -> None:
-        """Add the row of the newest checkpoint: ⟨r_s, r_T⟩ for every row r_s, slab by slab."""
-        T = len(self._thetas)
-        row = torch.zeros(T, dtype=torch.float64)
-        P = self._thetas[0].numel()
-        for c in range(0, P, self.chunk):
-            X = torch.stack([th[c: c + self.chunk] for th in self._thetas]).to(torch.float64)  # (T, m)
-            R = torch.cat([X[:1], X[1:] - X[:-1]])  # [θ_0; u_0..u_{T-2}] of this slab
-            row += R @ R[-1]
-        G = np.zeros((T, T))
-        G[:-1, :-1] = self._G
-        G[-1, :] = G[:, -1] = row.numpy()
-        self._G = G
 
 
 class LogSink(Protocol):
