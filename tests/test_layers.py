@@ -81,6 +81,10 @@ def test_core_installs_alone_and_runs_the_readme_example(tmp_path):
     cli = subprocess.run([str(venv / "bin" / "trajlib"), "inspect", "runs/mine"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0 and "valid" in cli.stdout, cli.stdout + cli.stderr
+    optional = subprocess.run([py, "-c", "import trajlib.shards, trajlib.integrations.session\n"
+                               "try:\n    import trajlib.integrations.hf\nexcept ImportError as e:\n    print(e)"],
+                              cwd=tmp_path, capture_output=True, text=True)
+    assert optional.returncode == 0 and "pip install 'trajlib[hf]'" in optional.stdout, optional.stderr
     hub = subprocess.run([py, "-c", "import trajlib.sources as s; s.open_hub('a/b', ['step0'])"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert "pip install 'trajlib[hub]'" in hub.stderr

@@ -9,7 +9,8 @@ part of G, so update maps cost nothing extra.
 
 Memory is O(T × block): a reader thread fills two staging buffers with ``os.preadv`` while the
 previous block is multiplied (pinned buffers and asynchronous copies on CUDA). Under
-``torch.distributed`` the ranks take every world-th block and all-reduce the Grams.
+``torch.distributed`` the ranks take every world-th block and all-reduce the Grams; on a sharded
+run (``trajlib.shards``) read by as many ranks as wrote it, each rank streams the pieces it wrote.
 """
 
 from __future__ import annotations
@@ -326,17 +327,20 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     rank, world = _rank_world(distributed)
     block_cols = max(1, block_bytes // (4 * traj.T))
     plan = plan_blocks(traj, resolved, block_cols=block_cols)
-    Gs = accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress, triton=triton)
+    if world > 1 and getattr(traj, "world_size", None) == world:  # a sharded run read by its own ranks:
+        local = plan_blocks(traj, _owned(resolved, traj.owned_segments(rank)), block_cols=block_cols)
+        Gs = _group_sums(local, accumulate(traj, local, device=device, progress=progress, triton=triton))
+    else:  # ranks take every world-th block
+        Gs = _group_sums(plan, accumulate(traj, plan, device=device, rank=rank, world=world, progress=progress,
+                                          triton=triton))
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(Gs)
     Gs = Gs.cpu().numpy()
     Gs = 0.5 * (Gs + Gs.transpose(0, 2, 1))  # exactly symmetric whatever the product's rounding
-    _raise_if_nonfinite(traj, plan, Gs)
-    grams = {}
-    for gi, gname in enumerate(plan.groups):
-        grams[gname] = sum((Gs[s] for s, m in enumerate(plan.members) if gi in m), np.zeros((traj.T, traj.T)))
+    _raise_if_nonfinite(traj, resolved, plan.groups, Gs)
+    grams = {gname: Gs[gi] for gi, gname in enumerate(plan.groups)}
     meta = {"key": key, "source": traj.source, "fingerprint": traj.fingerprint(), "device": str(device),
             "kernel": "triton" if triton else "torch", "block_bytes": block_bytes, "world_size": world}
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
@@ -371,14 +375,31 @@ def _prune_cache(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def _raise_if_nonfinite(traj, plan: BlockPlan, Gs: np.ndarray) -> None:
-    bad = [s for s in range(len(Gs)) if not np.isfinite(Gs[s]).all()]
+def _group_sums(plan: BlockPlan, Gs: torch.Tensor) -> torch.Tensor:
+    """Per-group Grams (groups, T, T) from per-signature ones: a group sums its signatures."""
+    out = Gs.new_zeros((len(plan.groups), *Gs.shape[1:]))
+    for s, member in enumerate(plan.members):
+        for gi in member:
+            out[gi] += Gs[s]
+    return out
+
+
+def _owned(groups: dict, owned: dict[str, list[tuple[int, int]]]) -> dict:
+    """The groups' segments cut to the flat ranges this rank owns (a sharded run's pieces)."""
+    out = {}
+    for gname, segments in groups.items():
+        out[gname] = [(t, max(a, lo), min(b, hi)) for t, a, b in segments for lo, hi in owned.get(t, ())
+                      if max(a, lo) < min(b, hi)]
+    return out
+
+
+def _raise_if_nonfinite(traj, groups: dict, names_in_order: list[str], Gs: np.ndarray) -> None:
+    bad = [g for gi, g in enumerate(names_in_order) if not np.isfinite(Gs[gi]).all()]
     if not bad:
         return
     names = []
-    for block in plan.blocks:
-        if block.signature in bad:
-            names += [p[0] for p in block.pieces if p[0] not in names]
+    for g in bad:
+        names += [t for t, _, _ in groups[g] if t not in names]
     found = traj.find_nonfinite(names)
     if found is None:
         raise TrajectoryError(f"{traj.source}: the Gram overflowed float64 (values too large) in "

@@ -184,6 +184,7 @@ class Recorder:
             self._run_lock.release()
             raise
         self._last = max((c["step"] for c in self.manifest["checkpoints"]), default=None)
+        self._unsaved: int | None = None  # the last step() that took no checkpoint: save() may still take it
         self._batch: list = []
         self._handed_off, self._started = time.monotonic(), False
         self._writer = CheckpointWriter(self.run_dir, self.layout, self._commit, flush_interval=flush_interval,
@@ -204,8 +205,8 @@ class Recorder:
             return step in self.schedule
         return step % self.every == 0
 
-    def _check_order(self, step: int) -> None:
-        if self._last is not None and step <= self._last:
+    def _check_order(self, step: int, *, seen_ok: bool = False) -> None:
+        if self._last is not None and step <= self._last and not (seen_ok and step == self._unsaved):
             raise ValueError(f"{self.run_dir}: step {step} is not after the last step seen ({self._last}); steps "
                              f"must increase (a counter reset each epoch? pass a global step)")
 
@@ -216,13 +217,15 @@ class Recorder:
         step = int(step)
         self._check_order(step)
         if not self.due(step):
-            self._last = step
+            self._last = self._unsaved = step
             return False
         self.save(step, epoch=epoch, metrics=metrics)
         return True
 
     def save(self, step: int, *, epoch: float | None = None, metrics: dict | None = None) -> None:
-        """Snapshot the tensors now; they are written in the background.
+        """Snapshot the tensors now; they are written in the background. ``step`` must be after
+        every step seen, or equal to the last one ``step()`` saw without saving (a framework's
+        own checkpoint at that step).
 
         Snapshots are handed to the writer in groups, at most ``flush_interval`` seconds apart
         (or sooner when they fill half of ``max_pending_bytes``): one thread wake-up per group
@@ -230,8 +233,8 @@ class Recorder:
         """
         self._writer.raise_failures()
         step = int(step)
-        self._check_order(step)
-        self._last = step
+        self._check_order(step, seen_ok=True)  # a step that step() saw but did not save may be saved
+        self._last, self._unsaved = step, None
         entry = {"step": step, "epoch": None if epoch is None else float(epoch),
                  "wall_time": time.time(), "metrics": dict(metrics or {})}
         self._batch.append((entry, self.layout.take()))
@@ -288,3 +291,30 @@ class Recorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rewind(run_dir: str | Path, step: int) -> list[int]:
+    """Drop the checkpoints recorded after ``step`` from a run (under its lock); returns their steps.
+
+    For resuming training from an earlier checkpoint of the training framework: the steps after
+    it are trained again, so what was recorded past it belongs to an abandoned branch. The
+    manifest is rewritten first, then the files are deleted (a kill in between leaves unlisted
+    files, which the next Recorder removes)."""
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        manifest = read_manifest(run_dir)
+        drop = [c for c in manifest["checkpoints"] if c["step"] > step]
+        if not drop:
+            return []
+        manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] <= step]
+        write_manifest(run_dir, manifest)
+        for c in drop:
+            (run_dir / c["file"]).unlink(missing_ok=True)
+        fsync_dir(run_dir)
+    finally:
+        lock.release()
+    steps = [c["step"] for c in drop]
+    warnings.warn(f"{run_dir}: resuming at step {step}: dropped {len(steps)} checkpoint(s) recorded after it "
+                  f"(steps {steps[0]}..{steps[-1]}), which the resumed training replaces", stacklevel=2)
+    return steps

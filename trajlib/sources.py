@@ -3,6 +3,7 @@
 * a trajlib run directory (``manifest.json`` + ``ckpt-*.safetensors``, written by ``Recorder``);
 * a directory of Hugging Face checkpoints, one subdirectory per step, each holding
   ``model.safetensors``, a sharded safetensors index, or ``pytorch_model.bin`` (weights only);
+* a sharded run (``trajlib.shards``: one manifest, one run directory per rank);
 * a Hugging Face hub repository and its revisions (``"EleutherAI/pythia-70m"``,
   ``revisions=["step0", "step1000"]``), fetched through ``huggingface_hub`` (an optional
   dependency, imported only here) into its cache.
@@ -158,7 +159,11 @@ def open_trajectory(source: str | Path, *, revisions: Sequence[str] | None = Non
     ``verify``: re-hash a run's files against its manifest.
     """
     path = Path(source)
-    if (path / MANIFEST).is_file():
+    from .shards import is_sharded_run, open_sharded_run
+
+    if is_sharded_run(path):  # one manifest over per-rank runs (trajlib.shards)
+        traj = open_sharded_run(path)
+    elif (path / MANIFEST).is_file():
         traj = open_run(path, verify=verify)
     elif path.is_dir():
         traj = open_hf_dir(path, steps=steps)
