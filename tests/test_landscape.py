@@ -52,7 +52,14 @@ def test_plane_coordinates_agree_with_pca_and_with_dense_least_squares(walk):
     want = np.linalg.lstsq(V.T, (X - X[-1]).T, rcond=None)[0].T
     np.testing.assert_allclose(xy, want, atol=1e-9 * np.abs(want).max())
     # random directions barely see the path (Li et al. 2018): far less of it than the PCA plane
-    assert np.abs(xy).max() < 0.5 * np.abs(p.relative_to(-1)).max()
+    from trajlib.pca import in_plane_fraction
+
+    seen = L.plane_fraction(xy, rd, stats["all"])
+    res = (X[:-1] - X[-1]) - (V.T @ want[:-1].T).T  # dense residual off the random plane
+    np.testing.assert_allclose(seen[:-1], 1 - (res**2).sum(1) / ((X[:-1] - X[-1]) ** 2).sum(1), rtol=1e-8)
+    pca_seen = in_plane_fraction(p, stats["all"])
+    np.testing.assert_allclose(L.plane_fraction(p.relative_to(-1), d.tensors, stats["all"]), pca_seen, rtol=1e-9)
+    assert np.nanmax(seen) < 0.5 * np.nanmax(pca_seen)
     with pytest.raises(ValueError, match="'nope' is not a tensor"):
         L.plane_coordinates(traj, {"nope": torch.zeros(2, 3)}, progress=False)
 

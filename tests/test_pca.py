@@ -16,8 +16,8 @@ from sklearn.decomposition import PCA
 
 import trajlib
 from trajlib import hallmarks as H
-from trajlib.pca import (coefficients, directions, in_plane_fraction, read_directions, squared_distances,
-                         trajectory_pca)
+from trajlib.pca import (coefficients, directions, in_plane_fraction, random_walk_pca, read_directions,
+                         squared_distances, trajectory_pca)
 
 
 @pytest.fixture
@@ -150,6 +150,17 @@ def test_coefficients_give_displacements_and_their_centring():
     R = np.vstack([X[:1], np.diff(X, axis=0)])
     np.testing.assert_allclose(coefficients(6, centered=False) @ R, X - X[0], atol=1e-12)
     np.testing.assert_allclose(coefficients(6, centered=True) @ R, X - X.mean(0), atol=1e-12)
+
+
+def test_random_walk_reference_matches_a_simulated_walk_and_the_continuum_limit():
+    rng = np.random.default_rng(7)
+    T = 30
+    X = np.cumsum(rng.standard_normal((T, 100000)), axis=0)  # nearly orthogonal steps
+    sim = PCA(n_components=2, svd_solver="full").fit(X).explained_variance_ratio_
+    ref = random_walk_pca(T, k=2).explained_variance_ratio
+    np.testing.assert_allclose(ref, sim, atol=0.01)
+    big = random_walk_pca(400, k=2).explained_variance_ratio
+    np.testing.assert_allclose(big, [6 / np.pi**2, 6 / np.pi**2 / 4], atol=2e-3)
 
 
 MEMORY_CHILD = textwrap.dedent("""

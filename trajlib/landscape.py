@@ -90,6 +90,23 @@ def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: i
     return np.linalg.solve(gram, y.T).T
 
 
+def plane_fraction(coords: np.ndarray, directions: Mapping[str, torch.Tensor], G: np.ndarray, *,
+                   center: int = -1) -> np.ndarray:
+    """(T,): share of ‖θ_t − θ_center‖² in the plane of ``directions`` (name → (k, *shape)), from
+    the :func:`plane_coordinates` ``coords`` (T, k) and the Gram G; NaN at the center. For the
+    orthonormal PCA directions this is :func:`trajlib.pca.in_plane_fraction`."""
+    from .pca import squared_distances
+
+    flat = torch.cat([torch.as_tensor(d, dtype=torch.float64).reshape(d.shape[0], -1) for d in directions.values()], 1)
+    gram = (flat @ flat.T).numpy()
+    got = np.einsum("ti,ij,tj->t", coords, gram, coords)  # ‖projection‖²
+    d2 = squared_distances(G)[center]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = got / d2
+    frac[d2 == 0] = np.nan
+    return frac
+
+
 def grid_around(coords: np.ndarray, *, n: int = 21, margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Grid axes (a: (n,), b: (n,)) covering the first two columns of ``coords`` (T, ≥2) with a
     ``margin`` (fraction of each span) on every side; a zero span borrows the other's."""

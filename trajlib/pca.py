@@ -127,6 +127,19 @@ def trajectory_pca(stats, *, group: str = "all", k: int = 2, centered: bool = Tr
                          coef=coef, centered=centered, group=group, n_params=int(stats.n_params[group]))
 
 
+def random_walk_pca(T: int, *, k: int = 2) -> TrajectoryPCA:
+    """The PCA of a random walk of T checkpoints with i.i.d. isotropic steps in high dimension
+    (U = I): the reference a trajectory's explained variance is read against. Its components are
+    cosines in time (Lissajous curves) and the top two hold ≈ 6/π² · (1 + 1/4) ≈ 0.76 of the
+    variance for large T (Antognini & Sohl-Dickstein 2018): a high share on two directions does
+    not by itself mean low-dimensional motion. Notebook 08."""
+    from .stats import GramStats
+
+    steps = np.arange(T, dtype=np.int64)
+    stats = GramStats(steps, np.full(T, np.nan), {"walk": np.eye(T)}, {"walk": 0})
+    return trajectory_pca(stats, group="walk", k=k)
+
+
 def squared_distances(G: np.ndarray) -> np.ndarray:
     """(T, T): ‖θ_i − θ_j‖² = Σ_{i≤s,r<j} U_sr, summed per pair (never a difference of
     cumulative sums, which cancels when the segment is short). O(T³)."""
