@@ -123,3 +123,20 @@ def test_grid_and_plot(walk):
     np.testing.assert_allclose(ax.lines[0].get_xydata(), xy)
     with pytest.raises(ValueError, match="coords must be"):
         L.grid_around(xy[:, :1])
+
+
+def test_the_readme_pca_view_runs_on_the_readme_run(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    first = next(b for b in blocks if "Recorder" in b)
+    view = next(b for b in blocks if "trajectory_pca" in b)
+    (tmp_path / "example.py").write_text(first + view)
+    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "plane.png").stat().st_size > 1000
+    assert len(list((tmp_path / "runs" / "mine").glob("pca-*.safetensors"))) == 1

@@ -113,7 +113,8 @@ def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax
 
 def loss_plane(alphas: Sequence[float], betas: Sequence[float], Z: np.ndarray, coords: np.ndarray, *,
                labels: Sequence | None = None, explained: Sequence[float] | None = None, ax=None,
-               levels: int = 14, log: bool = True, cmap: str = "mako_r", max_labels: int = 6,
+               levels: int = 14, log: bool = True, vmin: float | None = None, vmax: float | None = None,
+               cmap: str = "mako_r", max_labels: int = 6,
                path_color: str = "C3", title: str | None = None, cbar: bool = True,
                axis_names: Sequence[str] = ("PC1", "PC2")):
     """Contours of the loss on a plane with the trajectory drawn on it; returns the Axes.
@@ -122,12 +123,15 @@ def loss_plane(alphas: Sequence[float], betas: Sequence[float], Z: np.ndarray, c
     ``coords`` (T, ≥2): the checkpoints in the same plane coordinates (``pca.relative_to``);
     ``labels``: one per checkpoint (steps), ``max_labels`` of them written beside the path;
     ``explained``: variance ratios of the two directions, shown on the axes; ``log``: log-spaced
-    contour levels. The center (0, 0) is marked with a star.
+    contour levels from ``vmin`` to ``vmax`` (default: the range of ``Z``; pass the same values to
+    planes compared side by side). The center (0, 0) is marked with a star.
     """
     Z = np.asarray(Z, dtype=np.float64)
     coords = np.asarray(coords, dtype=np.float64)
     ax = ax or plt.subplots(figsize=(4.4, 3.8))[1]
-    lo, hi = np.nanmin(Z), np.nanmax(Z)
+    lo = np.nanmin(Z) if vmin is None else vmin
+    hi = np.nanmax(Z) if vmax is None else vmax
+    Z = np.clip(Z, lo, hi)  # values beyond the scale take its end colour
     if log and lo > 0:
         lv = np.geomspace(lo, hi, levels)
         norm = plt.matplotlib.colors.LogNorm(lo, hi)
