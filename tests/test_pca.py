@@ -222,3 +222,11 @@ def test_directions_pass_memory_is_o_block_not_o_run(tmp_path):
     assert m["dense_mb"] > m["run_mb"], m  # the budget is one a stacked copy could not meet
     d = read_directions(f"{big}.dirs.safetensors")
     assert d.tensors["weight"].shape == (2, 1024, 1024)
+
+
+def test_a_fresh_recording_removes_the_old_directions(walk):
+    run, _, stats = walk
+    path = directions(trajlib.open_trajectory(run), trajectory_pca(stats, k=2), progress=False)
+    assert path.exists()
+    write_run(run, random_walk(np.random.default_rng(9), SHAPES, 4), fresh=True)
+    assert not list(run.glob("pca-*"))
