@@ -55,16 +55,18 @@ def random_directions(center: Mapping[str, torch.Tensor], *, k: int = 2, seed: i
 
 
 def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: int = -1,
-                      block_bytes: int = 8 << 20, progress: bool = True) -> np.ndarray:
+                      block_bytes: int = 8 << 20, device="cpu", progress: bool = True) -> np.ndarray:
     """(T, k): least-squares coordinates of θ_t − θ_center in the span of ``directions``
     (name → (k, *shape)), for every checkpoint, in one streamed pass.
 
     The pass accumulates ⟨R_r, d_j⟩ over the rows R = [θ_0; u_0..u_{T-2}]; ⟨θ_t − θ_c, d_j⟩ is
     then a sum of ± those over the updates between c and t (no difference of large inner
-    products). For orthonormal PCA directions this equals ``pca.relative_to(center)``; for random
+    products). ``device``: where the products run (the directions are held there). For orthonormal PCA directions this equals ``pca.relative_to(center)``; for random
     directions the path lands near the origin (Li et al. 2018, §7).
     """
-    dirs = {n: torch.as_tensor(d, dtype=torch.float64).reshape(d.shape[0], -1) for n, d in directions.items()}
+    device = torch.device(device)
+    dirs = {n: torch.as_tensor(d, dtype=torch.float64, device=device).reshape(d.shape[0], -1)
+            for n, d in directions.items()}
     for n, d in dirs.items():
         if n not in traj.shapes:
             raise ValueError(f"direction tensor {n!r} is not a tensor of {traj.source}")
@@ -73,9 +75,10 @@ def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: i
                              f"{traj.source} has {traj.numel(n)}")
     k = next(iter(dirs.values())).shape[0]
     T, c = traj.T, range(traj.T)[center]
-    rows = torch.zeros(T, k, dtype=torch.float64)  # ⟨R_r, d_j⟩
+    rows = torch.zeros(T, k, dtype=torch.float64, device=device)  # ⟨R_r, d_j⟩
     segs = [(n, 0, traj.numel(n)) for n in dirs]
     for block, R in row_blocks(traj, segs, block_bytes=block_bytes, progress=progress, desc="projection"):
+        R = R.to(device)
         for name, a, b, col in block.pieces:
             rows += R[:, col: col + b - a] @ dirs[name][:, a:b].T
     E = np.zeros((T, T))  # θ_t − θ_c = Σ_s E[t, 1+s] u_s
@@ -84,9 +87,9 @@ def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: i
             E[t, 1 + c: 1 + t] = 1.0
         elif t < c:
             E[t, 1 + t: 1 + c] = -1.0
-    y = E @ rows.numpy()  # (T, k)
+    y = E @ rows.cpu().numpy()  # (T, k)
     flat = torch.cat([d for d in dirs.values()], dim=1)
-    gram = (flat @ flat.T).numpy()  # (k, k)
+    gram = (flat @ flat.T).cpu().numpy()  # (k, k)
     return np.linalg.solve(gram, y.T).T
 
 
