@@ -41,6 +41,7 @@ from .formats import ST_DTYPES, SafetensorsFile, safetensors_prefix, torch_dtype
 from .gram import _cache_path, _device, _fill
 from .groups import Block, plan_blocks, resolve_groups
 from .manifest import TrajectoryError, atomic_file
+from .stats import GramStats
 
 log = logging.getLogger("trajlib.pca")
 
@@ -133,8 +134,6 @@ def random_walk_pca(T: int, *, k: int = 2) -> TrajectoryPCA:
     cosines in time (Lissajous curves) and the top two hold ≈ 6/π² · (1 + 1/4) ≈ 0.76 of the
     variance for large T (Antognini & Sohl-Dickstein 2018): a high share on two directions does
     not by itself mean low-dimensional motion. Notebook 08."""
-    from .stats import GramStats
-
     steps = np.arange(T, dtype=np.int64)
     stats = GramStats(steps, np.full(T, np.nan), {"walk": np.eye(T)}, {"walk": 0})
     return trajectory_pca(stats, group="walk", k=k)
