@@ -3,17 +3,19 @@
 A run directory holds ``manifest.json`` and one ``ckpt-<step>.safetensors`` per checkpoint
 (DESIGN §5). The manifest is the single source of truth for tensor order, shapes, dtypes,
 parameter groups, checkpoint steps (stored as integers, never parsed from names) and run metadata.
-Every write goes through :func:`atomic_write`: temp file, fsync, rename, fsync of the directory,
-so a crash leaves either the old or the new file, never a torn one.
+Every write goes through :func:`atomic_write` (:func:`atomic_file` for a file written in pieces):
+temp file, fsync, rename, fsync of the directory, so a crash leaves either the old or the new
+file, never a torn one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 FORMAT = "trajlib-run"
 FORMAT_VERSION = 2  # 2: content_sha256 is the hash of the data section; no whole-file sha256
@@ -24,17 +26,21 @@ class TrajectoryError(ValueError):
     """Invalid or inconsistent trajectory data; the message names the file, tensor or step."""
 
 
-def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix.
+@contextlib.contextmanager
+def atomic_file(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` atomically when the block exits cleanly.
 
-    ``sync_dir=False`` leaves the directory sync (which makes the rename durable) to the caller,
-    who can then sync once for several files.
+    The file is a temporary created exclusively beside ``path`` (``mkstemp``: ``O_EXCL``, mode
+    0600, never following a planted name); on success it is flushed, fsynced and renamed onto
+    ``path``; on any error it is removed and ``path`` is untouched. Large outputs (the PCA
+    directions of ``trajlib.pca``) are written through it piece by piece (``os.pwrite`` on
+    ``f.fileno()`` after ``f.flush()``), so no whole copy is ever held in memory.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,6 +50,16 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix.
+
+    ``sync_dir=False`` leaves the directory sync (which makes the rename durable) to the caller,
+    who can then sync once for several files.
+    """
+    with atomic_file(path, sync_dir=sync_dir) as f:
+        f.write(data)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -109,3 +109,48 @@ def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax
     ax.set_ylabel(ylabel)
     sns.despine(ax=ax)
     return ax
+
+
+def loss_plane(alphas: Sequence[float], betas: Sequence[float], Z: np.ndarray, coords: np.ndarray, *,
+               labels: Sequence | None = None, explained: Sequence[float] | None = None, ax=None,
+               levels: int = 14, log: bool = True, vmin: float | None = None, vmax: float | None = None,
+               cmap: str = "mako_r", max_labels: int = 6,
+               path_color: str = "C3", title: str | None = None, cbar: bool = True,
+               axis_names: Sequence[str] = ("PC1", "PC2")):
+    """Contours of the loss on a plane with the trajectory drawn on it; returns the Axes.
+
+    ``Z`` (len(alphas), len(betas)): loss at center + a·d_1 + b·d_2 (``trajlib.landscape``);
+    ``coords`` (T, ≥2): the checkpoints in the same plane coordinates (``pca.relative_to``);
+    ``labels``: one per checkpoint (steps), ``max_labels`` of them written beside the path;
+    ``explained``: variance ratios of the two directions, shown on the axes; ``log``: log-spaced
+    contour levels from ``vmin`` to ``vmax`` (default: the range of ``Z``; pass the same values to
+    planes compared side by side). The center (0, 0) is marked with a star.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    coords = np.asarray(coords, dtype=np.float64)
+    ax = ax or plt.subplots(figsize=(4.4, 3.8))[1]
+    lo = np.nanmin(Z) if vmin is None else vmin
+    hi = np.nanmax(Z) if vmax is None else vmax
+    Z = np.clip(Z, lo, hi)  # values beyond the scale take its end colour
+    if log and lo > 0:
+        lv = np.geomspace(lo, hi, levels)
+        norm = plt.matplotlib.colors.LogNorm(lo, hi)
+    else:
+        lv, norm = np.linspace(lo, hi, levels), None
+    cs = ax.contourf(alphas, betas, Z.T, levels=lv, cmap=cmap, norm=norm)
+    ax.contour(alphas, betas, Z.T, levels=lv, colors="white", linewidths=0.4, alpha=0.5)
+    if cbar:
+        ax.figure.colorbar(cs, ax=ax, label="loss", format="%.3g")
+    ax.plot(coords[:, 0], coords[:, 1], "-", color=path_color, lw=1.4)
+    ax.scatter(coords[:, 0], coords[:, 1], s=10, color=path_color, zorder=3)
+    ax.plot([0], [0], marker="*", ms=11, color="gold", mec="black", mew=0.6, zorder=4, ls="none")
+    if labels is not None:
+        idx = np.unique(np.linspace(0, len(coords) - 1, min(max_labels, len(coords))).round().astype(int))
+        for i in idx:
+            ax.annotate(_fmt(labels[i]), coords[i, :2], xytext=(3, 3), textcoords="offset points",
+                        fontsize="x-small", color="white")
+    for set_label, name, k in ((ax.set_xlabel, axis_names[0], 0), (ax.set_ylabel, axis_names[1], 1)):
+        set_label(name if explained is None else f"{name} ({100 * explained[k]:.1f}% of variance)")
+    if title:
+        ax.set_title(title)
+    return ax

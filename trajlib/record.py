@@ -130,11 +130,12 @@ def _open_for_writing(run_dir: Path, model, tensors: dict, *, fresh: bool, meta:
 
 
 def _start_over(run_dir: Path) -> None:
-    """``fresh=True``: delete the manifest, checkpoints and Gram caches of the previous run."""
+    """``fresh=True``: delete the manifest, checkpoints, Gram caches and PCA directions of the
+    previous run."""
     listed = {c.get("file") for c in read_manifest(run_dir)["checkpoints"]}
     (run_dir / MANIFEST).unlink()
     for path in run_dir.iterdir():
-        if path.name in listed or path.name.startswith("gram-"):
+        if path.name in listed or path.name.startswith(("gram-", "pca-")):
             path.unlink()
     remove_leftovers(run_dir, set())
     fsync_dir(run_dir)

@@ -143,6 +143,16 @@ def run_char_lm(runs_dir, *, name: str, width: int, layers: int, heads: int, con
     return _finish(run_dir, config, history)
 
 
+def momentum_weight_decay_grid(momentum: float, weight_decay: float) -> dict[str, dict]:
+    """The 2 × 2 grid of notebook 02 (and 08, which reads 02's runs): label → SGD overrides."""
+    return {
+        "momentum + wd": dict(momentum=momentum, weight_decay=weight_decay),
+        "momentum only": dict(momentum=momentum, weight_decay=0.0),
+        "wd only": dict(momentum=0.0, weight_decay=weight_decay),
+        "neither": dict(momentum=0.0, weight_decay=0.0),
+    }
+
+
 SWEEP_COLUMNS = ("mds", "mds_full", "relative_mds", "update_mds", "mean_consecutive_update_cos",
                  "mean_update_param_cos", "straightness")
 
