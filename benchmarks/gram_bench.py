@@ -1,6 +1,6 @@
 """Time trajlib.gram against the baselines of DESIGN §7 on one run, and print ratios.
 
-    python benchmarks/gram_bench.py [--T 64] [--P 4000000] [--run DIR]
+    python benchmarks/gram_bench.py [--T 64] [--P 4194304] [--run DIR] [--sweep 256 1024] [--save F]
 
 Builds a run on disk with ``Recorder`` (T checkpoints of P float32 parameters, about
 T·P·4 bytes), then, each method in its own subprocess (so peak memory is its own), best of
@@ -10,7 +10,15 @@ three with a warm page cache:
 * (a) stack all checkpoints + ``sklearn.metrics.pairwise.cosine_similarity`` (the map only);
 * (b) the naive loop: load two checkpoints, ``cosine_similarity``, for every pair (timed on
   the pairs among the first ``--naive-T`` checkpoints and scaled to all pairs);
-* (c) one plain read of every byte (the streaming bound).
+* (c) one plain read of every byte (the streaming bound);
+* the machine's fp64 GEMM peak, measured in the same run (best of three 2048² float64
+  ``torch.mm`` on all cores): the exact Gram of one pass needs T(T+1)P flops (the lower
+  triangle of G, 2P flops an entry), so T(T+1)P / peak is a bound no fp64 pass can beat.
+  trajlib's time is printed as a multiple of it, with the GFLOP/s it reached.
+
+``--sweep`` repeats trajlib, sklearn and the bound at more T with the same bytes on disk
+(P = T₀·P₀ / T), so time over T shows where the pass is compute-bound (∝ T at fixed bytes,
+i.e. ∝ T² at fixed P).
 
 Accuracy is the largest absolute error of the trajectory map against a float64 dense oracle
 (for trajlib also the relative and update maps and the norms). No wall-clock bound is asserted
@@ -48,7 +56,7 @@ def build_run(run: Path, T: int, P: int) -> None:
     if (run / "manifest.json").exists() and trajlib.open_trajectory(run).T == T:
         return
     torch.manual_seed(0)
-    width = 1024
+    width = min(1024, int(P**0.5))
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(max(1, P // width**2))])
     drift = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
     with torch.no_grad(), trajlib.Recorder(model, run, every=1) as rec:
@@ -111,7 +119,22 @@ def method_read(run: Path, args) -> dict:
     return {}
 
 
-METHODS = {"trajlib": method_trajlib, "sklearn": method_sklearn, "naive": method_naive, "read": method_read}
+_A = []
+
+
+def method_peak(run: Path, args) -> dict:
+    import torch
+
+    if not _A:
+        _A.append(torch.randn(2048, 2048, dtype=torch.float64))
+    torch.mm(_A[0], _A[0])
+    return {}
+
+
+PEAK_FLOPS = 2 * 2048**3
+
+METHODS = {"trajlib": method_trajlib, "sklearn": method_sklearn, "naive": method_naive, "read": method_read,
+           "peak": method_peak}
 
 
 def child(args) -> None:
@@ -132,13 +155,56 @@ def child(args) -> None:
 def oracle(run: Path) -> dict:
     """Dense float64 reference: stack in float64, products in float64."""
     X = np.stack([load_flat(f).astype(np.float64) for f in files(run)])
-    def cos(M):
+
+    def cos(M):  # late float32 updates can round to exactly zero at large T: NaN, compared as such
         d = np.sqrt(np.diag(M))
-        return M / np.outer(d, d)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return M / np.outer(d, d)
     D = X[1:] - X[0]
     U = X[1:] - X[:-1]
     return {"map": cos(X @ X.T), "relative": cos(D @ D.T), "update": cos(U @ U.T),
             "param_norm": np.linalg.norm(X, axis=1), "step_norm": np.linalg.norm(U, axis=1)}
+
+
+def run_method(name: str, run: Path, args, T: int) -> dict:
+    out = f"/tmp/trajlib-bench-{os.getpid()}-{name}.npz"
+    cmd = [sys.executable, __file__, "--method", name, "--run", str(run), "--out", out,
+           "--repeat", str({"naive": 1, "peak": 5}.get(name, args.repeat)), "--naive-T", str(args.naive_T),
+           "--block-bytes", str(args.block_bytes)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    got = dict(np.load(out))
+    os.unlink(out)
+    if name == "naive":
+        pairs_done = args.naive_T * (args.naive_T - 1) / 2
+        res["seconds"] *= T * (T - 1) / 2 / pairs_done
+        res["note"] = f"timed on {pairs_done:.0f} pairs, scaled to {T * (T - 1) // 2}"
+    if name == "peak":
+        res["gflops"] = PEAK_FLOPS / res["seconds"] / 1e9
+    res["got"] = got
+    return res
+
+
+def errors_vs(ref: dict, got: dict) -> dict:
+    err = {}
+    for k, v in got.items():
+        r = ref[k][: len(v), : len(v)] if k == "map" and v.ndim == 2 else ref[k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            err[k] = float(np.nanmax(np.abs(v - r) / (np.abs(r) if "norm" in k else 1)))
+    return err
+
+
+def sweep_point(T: int, P: int, args, peak: float) -> dict:
+    """trajlib, sklearn and the bound at one T (the same bytes on disk as the main run)."""
+    run = Path(f"{args.run}-T{T}")
+    build_run(run, T, P)
+    ref = oracle(run)
+    row = {"T": T, "P": P, "bound_seconds": T * (T + 1) * P / (peak * 1e9)}
+    for name in ("trajlib", "sklearn"):
+        r = run_method(name, run, args, T)
+        row[f"{name}_seconds"] = r["seconds"]
+        row[f"{name}_map_error"] = errors_vs(ref, r["got"])["map"]
+    row["gflops"] = T * (T + 1) * P / row["trajlib_seconds"] / 1e9
+    return row
 
 
 def main() -> None:
@@ -149,6 +215,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--naive-T", type=int, default=12)
     p.add_argument("--block-bytes", type=int, default=8 << 20)
+    p.add_argument("--sweep", type=int, nargs="*", default=[256, 1024],
+                   help="more T at the same bytes on disk (trajlib, sklearn and the bound)")
     p.add_argument("--save", help="write the results as JSON (rendered on the book's methods page)")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -161,38 +229,45 @@ def main() -> None:
     print(f"run: {run}  T={args.T}  P={args.P:,}  {nbytes / 1e9:.2f} GB on disk  cores={os.cpu_count()}")
     ref = oracle(run)
     results = {}
-    for name in METHODS:
-        out = f"/tmp/trajlib-bench-{name}.npz"
-        cmd = [sys.executable, __file__, "--method", name, "--run", str(run), "--out", out,
-               "--repeat", str(args.repeat if name != "naive" else 1), "--naive-T", str(args.naive_T),
-               "--block-bytes", str(args.block_bytes)]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        got = dict(np.load(out))
-        err = {}
-        for k, v in got.items():
-            r = ref[k][: len(v), : len(v)] if k == "map" and v.ndim == 2 else ref[k]
-            err[k] = float(np.max(np.abs(v - r) / (np.abs(r) if "norm" in k else 1)))
-        if name == "naive":
-            pairs_done = args.naive_T * (args.naive_T - 1) / 2
-            res["seconds"] *= args.T * (args.T - 1) / 2 / pairs_done
-            res["note"] = f"timed on {pairs_done:.0f} pairs, scaled to {args.T * (args.T - 1) // 2}"
-        results[name] = dict(res, errors=err)
+    for name in ("peak", "trajlib", "sklearn", "naive", "read"):
+        res = run_method(name, run, args, args.T)
+        got = res.pop("got")
+        results[name] = dict(res, errors=errors_vs(ref, got))
+    peak = results.pop("peak")["gflops"]
+    flops = args.T * (args.T + 1) * args.P
+    bound = flops / (peak * 1e9)
     t = results["trajlib"]["seconds"]
+    print(f"fp64 GEMM peak (2048² torch.mm, {os.cpu_count()} cores): {peak:.1f} GFLOP/s; the lower-triangle "
+          f"Gram needs T(T+1)P = {flops / 1e9:.1f} GFLOP: bound {bound:.3f} s")
     print(f"{'method':10s} {'seconds':>9s} {'GB/s':>6s} {'vs trajlib':>10s} {'peak MB':>8s} {'peak/run':>8s}  max error vs fp64")
     for name, r in results.items():
         gbs = nbytes / r["seconds"] / 1e9
         errs = ", ".join(f"{k} {v:.1e}" for k, v in r["errors"].items()) or "-"
         print(f"{name:10s} {r['seconds']:9.3f} {gbs:6.2f} {r['seconds'] / t:9.1f}x {r['peak_mb']:8.0f} "
               f"{r['peak_mb'] * 1e6 / nbytes:8.1%}  {errs}  {r.get('note', '')}")
-    print(f"trajlib vs (a) sklearn: {results['sklearn']['seconds'] / t:.2f}x faster; vs (b) naive: "
+    print(f"trajlib {t:.3f} s: {t / bound:.2f}x the fp64 peak bound ({flops / t / 1e9:.1f} GFLOP/s of {peak:.1f}); "
+          f"vs (a) sklearn: {results['sklearn']['seconds'] / t:.2f}x faster; vs (b) naive: "
           f"{results['naive']['seconds'] / t:.1f}x; reads at {results['read']['seconds'] / t:.0%} of the plain-read rate")
+    sweep = [{"T": args.T, "P": args.P, "bound_seconds": bound, "trajlib_seconds": t,
+              "sklearn_seconds": results["sklearn"]["seconds"], "gflops": flops / t / 1e9,
+              "trajlib_map_error": results["trajlib"]["errors"]["map"],
+              "sklearn_map_error": results["sklearn"]["errors"]["map"]}]
+    for T in args.sweep:
+        sweep.append(sweep_point(T, args.T * args.P // T, args, peak))
+    if args.sweep:
+        print(f"{'T':>5s} {'P':>10s} {'trajlib s':>9s} {'× bound':>8s} {'GFLOP/s':>8s} {'sklearn s':>9s} "
+              f"{'sklearn/trajlib':>15s}  trajlib time / T₀'s")
+        for r in sweep:
+            print(f"{r['T']:5d} {r['P']:10,d} {r['trajlib_seconds']:9.3f} {r['trajlib_seconds'] / r['bound_seconds']:7.2f}x "
+                  f"{r['gflops']:8.1f} {r['sklearn_seconds']:9.3f} {r['sklearn_seconds'] / r['trajlib_seconds']:14.2f}x  "
+                  f"{r['trajlib_seconds'] / t:.2f} (T/T₀ = {r['T'] / args.T:g})")
     if args.save:
         import platform
         import time as _time
 
         doc = {"benchmark": "gram_bench", "T": args.T, "P": args.P, "run_bytes": nbytes, "cores": os.cpu_count(),
-               "machine": platform.machine(), "date": _time.strftime("%Y-%m-%d"),
-               "rows": [{"method": k, **v} for k, v in results.items()]}
+               "machine": platform.machine(), "date": _time.strftime("%Y-%m-%d"), "peak_gflops": peak,
+               "bound_seconds": bound, "rows": [{"method": k, **v} for k, v in results.items()], "sweep": sweep}
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps(doc, indent=1))
 

@@ -270,3 +270,39 @@ def test_a_pass_leaves_other_threads_torch_settings_alone(walk_run, monkeypatch)
     traj = trajlib.open_trajectory(walk_run[0])
     trajlib.gram(traj, cache=False, progress=False, block_bytes=4096)
     assert seen and set(seen) == {2} and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("product", ["square", "tiles", "syrk"])
+def test_every_cpu_product_matches_the_oracle(tmp_path, monkeypatch, product):
+    """The lower-triangle products (row tiles with a ragged last tile, numpy's dsyrk) and the
+    full square give the same Gram; T = 150 spans three row tiles of 64."""
+    engine = sys.modules["trajlib.gram"]
+    if product == "syrk" and not engine.numpy_blas_controllable():
+        pytest.skip("numpy's BLAS is not an OpenBLAS this process can hold at one thread")
+    monkeypatch.setattr(engine, "_product", lambda T: product)
+    rng = np.random.default_rng(11)
+    thetas = random_walk(rng, {"w": (700,), "v": (9, 13)}, 150)
+    stats = trajlib.gram(trajlib.open_trajectory(write_run(tmp_path / "r", thetas)), cache=False,
+                         progress=False, block_bytes=150 * 4 * 300)
+    G = stats["all"]
+    np.testing.assert_array_equal(G, G.T)
+    assert_matches_oracle(G, stacked(thetas), cos_tol=1e-9, norm_tol=1e-9)
+
+
+def test_numpy_blas_is_restored_after_a_pass(walk_run):
+    from trajlib import threads
+
+    api = threads._numpy_openblas()
+    if api is None:
+        pytest.skip("numpy's BLAS is not a controllable OpenBLAS")
+    set_, get = api
+    before = get()
+    seen = []
+    with threads.numpy_blas_single_threaded():
+        seen.append(get())
+        with threads.numpy_blas_single_threaded():  # overlapping passes: restored after the last
+            seen.append(get())
+        seen.append(get())
+    assert seen == [1, 1, 1] and get() == before
+    trajlib.gram(trajlib.open_trajectory(walk_run[0]), cache=False, progress=False)
+    assert get() == before

@@ -218,3 +218,107 @@ def test_sigkill_while_recording_leaves_a_valid_run(tmp_path):
                           tmp_path / "r", every=1) as rec:  # and the run resumes
         rec.save(10**6)
     assert trajlib.open_trajectory(tmp_path / "r").steps[-1] == 10**6
+
+
+class _SyncLog:
+    """Counts os.fsync per path and logs fsyncs and renames in order (a patched os)."""
+
+    def __init__(self, monkeypatch):
+        import os
+
+        self.events: list[tuple[str, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def replace(src, dst, *a, **k):
+            self.events.append(("replace", str(dst)))
+            return real_replace(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def fsyncs(self, prefix: str) -> list[str]:
+        """Paths fsynced whose file name starts with ``prefix``."""
+        return [p for kind, p in self.events if kind == "fsync" and p.rsplit("/", 1)[-1].startswith(prefix)]
+
+    def check_listed_only_after_fsync(self, run):
+        """Every manifest rename lists only checkpoint files fsynced before it (a machine crash
+        can never leave the manifest pointing at lost data)."""
+        synced, n_manifests = set(), 0
+        for kind, path in self.events:
+            name = path.rsplit("/", 1)[-1]
+            if kind == "fsync" and name.startswith("ckpt-"):
+                synced.add(name)
+            elif kind == "fsync" and name.startswith(".ckpt-"):  # "always": fsync before the rename
+                synced.add(name[1:].split(".safetensors")[0] + ".safetensors")
+            elif kind == "replace" and name == "manifest.json":
+                n_manifests += 1
+        listed = {c["file"] for c in json.loads((run / "manifest.json").read_text())["checkpoints"]}
+        assert listed <= synced, f"listed without fsync: {sorted(listed - synced)[:3]}"
+        return n_manifests
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc/self/fd")
+def test_default_policy_fsyncs_each_file_once_at_the_group_commit_and_at_close(tmp_path, monkeypatch):
+    log = _SyncLog(monkeypatch)
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=3600.0)  # "interval"
+    rec.flush()  # θ_0 is committed at once
+    train(model, rec, 6)
+    assert [p.rsplit("/", 1)[-1] for p in log.fsyncs("ckpt-")] == ["ckpt-000000000.safetensors"]
+    assert not log.fsyncs(".ckpt-")  # no per-file fsync before the rename
+    rec.close()  # the pending group: written, fsynced together, then listed
+    names = [p.rsplit("/", 1)[-1] for p in log.fsyncs("ckpt-")]
+    assert sorted(names) == [f"ckpt-{s:09d}.safetensors" for s in range(7)]  # each exactly once
+    assert log.fsyncs(".manifest.json.") and log.fsyncs("r")  # the manifest (before its rename), the directory
+    log.check_listed_only_after_fsync(tmp_path / "r")
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == list(range(7))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc/self/fd")
+def test_default_policy_commits_on_its_bounded_interval(tmp_path, monkeypatch):
+    """With a short flush_interval, checkpoints are fsynced and listed while training goes on."""
+    log = _SyncLog(monkeypatch)
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=0.05)
+    for step in range(1, 9):
+        time.sleep(0.03)
+        train(model, rec, 1, start=step)
+    deadline = time.monotonic() + 5
+    while len(rec.recorded_steps) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before_close = len(log.fsyncs("ckpt-"))
+    assert len(rec.recorded_steps) >= 4 and before_close >= 4  # committed without close or flush
+    log.check_listed_only_after_fsync(tmp_path / "r")
+    rec.close()
+    assert len(log.fsyncs("ckpt-")) == 9
+    assert log.check_listed_only_after_fsync(tmp_path / "r") >= 3  # several group commits
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc/self/fd")
+def test_always_policy_fsyncs_every_file_before_its_rename_and_lists_it_alone(tmp_path, monkeypatch):
+    log = _SyncLog(monkeypatch)
+    model = bn_net()
+    with trajlib.Recorder(model, tmp_path / "r", every=1, fsync="always", flush_interval=3600.0) as rec:
+        train(model, rec, 5)
+    tmp_names = log.fsyncs(".ckpt-")
+    assert len(tmp_names) == 6 and not log.fsyncs("ckpt-")  # on the temporary name, never after
+    manifests = log.check_listed_only_after_fsync(tmp_path / "r")
+    assert manifests >= 1 + 6  # the new run's, then one commit per checkpoint
+
+
+def test_never_policy_skips_file_fsyncs_and_bad_policies_are_refused(tmp_path, monkeypatch):
+    import os
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    model = bn_net()
+    with trajlib.Recorder(model, tmp_path / "r", every=1, fsync=False) as rec:
+        train(model, rec, 3)
+    assert calls and not [c for c in calls if "ckpt-" in c]
+    with pytest.raises(ValueError, match="fsync='sometimes'"):
+        trajlib.Recorder(model, tmp_path / "q", fsync="sometimes")

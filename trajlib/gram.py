@@ -32,12 +32,12 @@ from .formats import ST_DTYPES, torch_dtype
 from .groups import BlockPlan, block_nbytes, plan_blocks, resolve_groups
 from .manifest import TrajectoryError
 from .stats import GramStats
-from .threads import single_threaded
+from .threads import numpy_blas_controllable, numpy_blas_single_threaded, single_threaded
 
 log = logging.getLogger("trajlib.gram")
 
 DEFAULT_BLOCK_BYTES = 8 << 20  # one read slab: T rows × ncols float32 columns
-COMPUTE_BYTES = 2 << 20  # one float64 (T, sub) work buffer on the CPU path: stays in L2/L3
+COMPUTE_BYTES = 512 << 10  # one float64 (T, sub) work buffer on the CPU path: two fit in L2
 MAX_CACHED = 8  # Gram caches kept per folder; the least recently used beyond this are deleted
 
 
@@ -62,11 +62,15 @@ def _fill(traj, block, buf: torch.Tensor) -> torch.Tensor:
 
 
 def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf, G: torch.Tensor,
-                sub: int | None = None, split: int = 0) -> None:
+                sub: int | None = None, product: str = "square", scratch: np.ndarray | None = None) -> None:
     """G += R Rᵀ with R = [θ_0; θ_1 − θ_0; ...] formed in float64 from the raw slice ``src``.
 
     ``src``: uint8 bytes of a (T, n) slice; ``theta_buf``/``r_buf``: float64 work buffers of
     ≥ T·sub elements; columns are processed ``sub`` at a time so the buffers stay in cache.
+    ``product`` (see :func:`_product`): "square" (the full T×T, any device), "tiles" (lower
+    block triangle in row tiles, torch) or "syrk" (numpy's symmetric rank-k update into
+    ``scratch``, (T, T) float64, then added). "tiles" fills only the lower triangle of G:
+    finish with :func:`_symmetrize`.
     """
     S = src.view(torch_dtype(dtype)).view(T, n)
     sub = n if sub is None else sub
@@ -77,23 +81,38 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
         theta.copy_(S[:, c: c + m])
         R[0].copy_(theta[0])
         torch.sub(theta[1:], theta[:-1], out=R[1:])
-        if split:  # lower trapezoid only: G[:h, :h] and G[h:, :]; see _split_rows
-            G[:split, :split].addmm_(R[:split], R[:split].T)
-            G[split:].addmm_(R[split:], R.T)
+        if product == "syrk":  # numpy turns R @ R.T into dsyrk (half the flops) and mirrors it
+            Rn = R.numpy()
+            np.matmul(Rn, Rn.T, out=scratch)
+            G.numpy().__iadd__(scratch)
+        elif product == "tiles":
+            for a in range(0, T, ROW_TILE):
+                b = min(T, a + ROW_TILE)
+                G[a:b, :b].addmm_(R[a:b], R[:b].T)
         else:
             G.addmm_(R, R.T)
 
 
-def _split_rows(T: int) -> int:
-    """Row split h for a trapezoidal product: computing G[:h,:h] and G[h:,:] (the upper-right
-    block follows by symmetry) skips (h/T)(1-h/T) of the work; measured on 2 cores with MKL,
-    h ≈ 3T/8 saves 15-22% for T = 32..154. 0 means one full product."""
-    return 0 if T < 24 else max(8, int(round(3 * T / 64)) * 8)
+ROW_TILE = 64  # rows of one tile of the lower-triangle product ("tiles")
 
 
-def _symmetrize(Gs: torch.Tensor, split: int) -> torch.Tensor:
-    if split:
-        Gs[:, :split, split:] = Gs[:, split:, :split].transpose(1, 2)
+def _product(T: int) -> str:
+    """The lower-triangle product for T rows on the CPU, from measurements on 2 cores (AVX-512,
+    MKL 2024 in torch, OpenBLAS 0.3.31 in numpy), each as a fraction of the single-core fp64
+    peak over the T(T+1)·m flops of a triangle: numpy's dsyrk 0.70 (T = 64), 0.80-0.85
+    (T = 256), 0.58-0.83 (T = 1024); torch row tiles of 64 0.46, 0.75-0.77, 0.89-0.92; one
+    full square addmm 0.42, 0.52, 0.54. dsyrk needs numpy's BLAS held at one thread per call
+    (two workers calling a 2-thread OpenBLAS measured 3-10× slower); where that cannot be
+    controlled, tiles."""
+    if T < 512 and numpy_blas_controllable():
+        return "syrk"
+    return "tiles" if T > ROW_TILE else "square"
+
+
+def _symmetrize(Gs: torch.Tensor, product: str) -> torch.Tensor:
+    """Mirror the lower triangle where ``product`` computed only that."""
+    if product == "tiles":
+        Gs = torch.tril(Gs) + torch.tril(Gs, -1).transpose(1, 2)
     return Gs
 
 
@@ -189,7 +208,7 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
     workers = max(1, min(workers or torch.get_num_threads(), len(order) or 1))
     partial = [torch.zeros(S, T, T, dtype=torch.float64) for _ in range(workers)]
     errors: list[BaseException] = []
-    split = _split_rows(T)
+    product = _product(T)
 
     def work(w: int) -> None:
         try:
@@ -200,27 +219,29 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
 
     def _work(w: int) -> None:
         buf = torch.empty(_staging_bytes(traj, plan), dtype=torch.uint8)
-        sub = max(64, COMPUTE_BYTES // (8 * T))
+        sub = max(256, COMPUTE_BYTES // (8 * T))
         theta_buf = torch.empty(T * min(sub, plan.max_cols), dtype=torch.float64)
         r_buf = torch.empty_like(theta_buf)
+        scratch = np.empty((T, T)) if product == "syrk" else None
         for bi in order[w::workers]:
             if errors:
                 return
             block = plan.blocks[bi]
             src = _fill(traj, block, buf)
             _block_gram(src, block.dtype, T, block.ncols, theta_buf, r_buf, partial[w][block.signature],
-                        sub, split)
+                        sub, product, scratch)
             bar.update(len(src))
 
-    pool = [threading.Thread(target=work, args=(w,), name=f"trajlib-gram-{w}") for w in range(1, workers)]
-    for th in pool:
-        th.start()
-    work(0)  # the calling thread is worker 0
-    for th in pool:
-        th.join()
+    with numpy_blas_single_threaded() if product == "syrk" else contextlib.nullcontext():
+        pool = [threading.Thread(target=work, args=(w,), name=f"trajlib-gram-{w}") for w in range(1, workers)]
+        for th in pool:
+            th.start()
+        work(0)  # the calling thread is worker 0
+        for th in pool:
+            th.join()
     if errors:
         raise errors[0]
-    return _symmetrize(sum(partial[1:], partial[0]), split)
+    return _symmetrize(sum(partial[1:], partial[0]), product)
 
 
 def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, triton: bool = False) -> torch.Tensor:

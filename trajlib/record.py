@@ -11,13 +11,15 @@ Saving copies the tensors to host memory on the calling thread; a background
 :class:`~trajlib.writer.CheckpointWriter` hashes and writes them, so training does not wait on
 the disk. Snapshots waiting in memory are bounded by ``max_pending_bytes``.
 
-Durability: every file is written under a temporary name, fsynced and renamed; the manifest
-lists it only after that, and is rewritten once per group of checkpoints (snapshots reach the
-writer at most ``flush_interval`` seconds apart). A killed process loses only snapshots not yet
-committed: those of its last ``flush_interval`` seconds, and never more than the snapshot pool
-(``max_pending_bytes`` / snapshot size, at least 2; a snapshot's buffer returns to the pool
-only once it is committed, and ``save`` waits for a free one). The run always reopens. Reopening a run directory that holds checkpoints appends to it and says so
-with a warning; ``fresh=True`` starts the run over. One Recorder per directory at a time.
+Durability: every file is written under a temporary name and renamed into place; the manifest
+lists it only once its data and rename are durable, and is rewritten once per group of
+checkpoints (snapshots reach the writer at most ``flush_interval`` seconds apart). A killed
+process loses only snapshots not yet committed: those of its last ``flush_interval`` seconds, and
+never more than the snapshot pool (``max_pending_bytes`` / snapshot size, at least 2; a
+snapshot's buffer returns to the pool only once it is committed, and ``save`` waits for a free
+one). See the ``fsync`` argument of :class:`Recorder` for what a machine crash can lose; the run
+always reopens. Reopening a run directory that holds checkpoints appends to it and says so with
+a warning; ``fresh=True`` starts the run over. One Recorder per directory at a time.
 """
 
 from __future__ import annotations
@@ -150,8 +152,24 @@ class Recorder:
     (step ``start_step``) unless the run already holds checkpoints: then the recorder appends
     (a warning says so) or, with ``fresh=True``, deletes them and starts over. Steps must
     increase: a repeated or smaller step raises ``ValueError`` rather than being dropped.
-    ``fsync=False`` skips the per-file fsync (renames stay atomic, so a killed process still
-    loses nothing committed; only a machine crash can lose the last files).
+
+    Durability (``fsync``; files are always renamed into place atomically, and a killed process
+    loses nothing that was committed, since committed files are in the page cache):
+
+    * ``"interval"`` (default): snapshots reach the writer in groups at most ``flush_interval``
+      seconds apart (0.2 s); each group's files are fsynced together, then the directory, then
+      the manifest lists them; also at :meth:`flush` and :meth:`close`. A killed process *and*
+      a machine crash (power loss) lose the same window: the checkpoints not yet committed,
+      i.e. those taken in the last ``flush_interval`` plus any backlog the writer had not
+      finished. The manifest never lists a file whose data a machine crash could lose.
+    * ``"always"``: every snapshot goes to the writer at once and is fsynced, renamed and listed
+      on its own (three fsyncs a checkpoint): either kind of crash loses at most the checkpoint
+      being written and those queued behind it.
+    * ``"never"`` (``False``): no fsync of checkpoint files: a killed process loses what
+      ``"interval"`` loses, but after a machine crash the manifest may list files whose data
+      was lost (``open_trajectory`` then names them). For scratch runs on slow disks.
+
+    ``True`` means ``"always"`` (the former default).
     """
 
     def __init__(self, model: torch.nn.Module, run_dir: str | Path, *, every: int | None = None,
@@ -159,7 +177,7 @@ class Recorder:
                  exclude: str | None = None, buffers: bool = False, meta: dict | None = None,
                  optimizer: torch.optim.Optimizer | None = None, seed: int | None = None,
                  start_step: int = 0, fresh: bool = False, flush_interval: float = 0.2,
-                 max_pending_bytes: int = 256 << 20, fsync: bool = True):
+                 max_pending_bytes: int = 256 << 20, fsync: str | bool = "interval"):
         if every is not None and steps is not None:
             raise ValueError("give either every= or steps=, not both")
         if every is not None and every < 1:
@@ -241,7 +259,7 @@ class Recorder:
         self._batch.append((entry, self.layout.take()))
         now = time.monotonic()
         if (now - self._handed_off >= self.flush_interval or len(self._batch) == 1 and not self._started
-                or len(self._batch) >= self.layout.max_buffers // 2):
+                or len(self._batch) >= self.layout.max_buffers // 2 or self._writer.fsync == "always"):
             self._handoff()
 
     def _handoff(self) -> None:

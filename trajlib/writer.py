@@ -8,11 +8,21 @@ out by decreasing item size so every one is naturally aligned with no gaps. The 
 step or time, so equal weights give byte-identical files.
 
 :class:`CheckpointWriter` owns the thread. Each file is written to a temporary name created
-exclusively (``O_EXCL | O_NOFOLLOW``: a planted file or symlink is never followed), fsynced,
-and renamed into place; the manifest lists a file only after its rename is durable, and is
-rewritten once per group of checkpoints (group commit). A write error commits every checkpoint
-completed before it, returns the failed snapshots' buffers to the pool (training never hangs),
-and is raised on the training thread naming the steps that were not saved.
+exclusively (``O_EXCL | O_NOFOLLOW``: a planted file or symlink is never followed) and renamed
+into place; the manifest is rewritten once per group of checkpoints (group commit) and lists a
+file only once its data and its rename are durable, under the durability policy ``fsync``
+(:data:`FSYNC_POLICIES`):
+
+* ``"interval"`` (default): the files of a group are written without waiting for the disk, then
+  fsynced together at the group's commit (one journal commit for the group on ext4-like file
+  systems, where N fsyncs spread over the group cost N), then the directory, then the manifest.
+* ``"always"``: each file is fsynced before its rename and committed on its own.
+* ``"never"``: no fsync of checkpoint files (the manifest is still written atomically): after a
+  machine crash the manifest may list a file whose data was lost; ``open_trajectory`` reports it.
+
+A write error commits every checkpoint completed before it, returns the failed snapshots'
+buffers to the pool (training never hangs), and is raised on the training thread naming the
+steps that were not saved.
 
 :class:`RunLock` is an OS lock (``flock``) on ``<run>/.lock`` held for a Recorder's lifetime: a
 second writer fails naming the holder's pid; the kernel drops the lock when its process dies, so
@@ -38,6 +48,26 @@ from .formats import dtype_code, safetensors_prefix
 from .manifest import TrajectoryError, fsync_dir
 
 log = logging.getLogger("trajlib.writer")
+
+FSYNC_POLICIES = ("interval", "always", "never")
+
+
+def fsync_policy(fsync: str | bool) -> str:
+    """The policy name of ``fsync`` (True/False: the older booleans, "always"/"never")."""
+    if fsync is True or fsync is False:
+        return "always" if fsync else "never"
+    if fsync not in FSYNC_POLICIES:
+        raise ValueError(f"fsync={fsync!r}: expected one of {', '.join(map(repr, FSYNC_POLICIES))}")
+    return fsync
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file that is already in place (opened read-only, never following a symlink)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SnapshotLayout:
@@ -138,15 +168,16 @@ class RunLock:
 class CheckpointWriter:
     """Writes snapshots on a background thread and commits them to the manifest in groups.
 
-    ``commit(entries)`` is called on the writer thread with the entries whose files are durably
-    in place (in step order within a group); ``flush_interval`` bounds the seconds between
-    manifest commits during a long backlog.
+    ``commit(entries)`` is called on the writer thread with the entries whose files are in
+    place, after their data is durable (policy ``fsync``, see the module docstring), in step
+    order within a group; it makes the renames durable and lists them. ``flush_interval`` bounds
+    the seconds between commits during a long backlog.
     """
 
     def __init__(self, run_dir: Path, layout: SnapshotLayout, commit: Callable[[list[dict]], None], *,
-                 flush_interval: float = 0.2, fsync: bool = True):
+                 flush_interval: float = 0.2, fsync: str | bool = "interval"):
         self.run_dir, self.layout, self._commit = Path(run_dir), layout, commit
-        self.flush_interval, self.fsync = flush_interval, fsync
+        self.flush_interval, self.fsync = flush_interval, fsync_policy(fsync)
         self._queue: queue.Queue = queue.Queue()  # memory is bounded by the snapshot buffer pool
         self._failed: list[tuple[int, BaseException]] = []
         self._failed_lock = threading.Lock()
@@ -186,7 +217,7 @@ class CheckpointWriter:
             fname = f"ckpt-{step:09d}.safetensors"
             tmp = self.run_dir / f".{fname}.{secrets.token_hex(4)}.tmp"
             try:
-                sha = self.layout.write(tmp, buf, fsync=self.fsync)
+                sha = self.layout.write(tmp, buf, fsync=self.fsync == "always")
                 os.replace(tmp, self.run_dir / fname)
                 entry.update(file=fname, bytes=self.layout.file_bytes, content_sha256=sha)
                 done.append(entry)
@@ -196,17 +227,27 @@ class CheckpointWriter:
                     self._failed.append((step, exc))
                 _unlink_quietly(tmp)
                 self.layout.give_back(buf)
-            if done and (k == len(items) - 1 or time.monotonic() - t0 >= self.flush_interval):
-                try:
-                    self._commit(done)
-                except BaseException as exc:  # not listed, so not saved: free their space too
-                    with self._failed_lock:
-                        self._failed += [(e["step"], exc) for e in done]
-                    for e in done:
-                        _unlink_quietly(self.run_dir / e["file"])
+            if done and (k == len(items) - 1 or self.fsync == "always"
+                         or time.monotonic() - t0 >= self.flush_interval):
+                self._sync_and_commit(done)
                 for b in held:
                     self.layout.give_back(b)
                 done, held, t0 = [], [], time.monotonic()
+
+    def _sync_and_commit(self, done: list[dict]) -> None:
+        """fsync the group's files (policy "interval"), then hand them to ``commit``; a failure
+        names every step of the group and deletes their files (unlisted, so not saved: their
+        space is freed, e.g. on a full disk)."""
+        try:
+            if self.fsync == "interval":
+                for entry in done:
+                    fsync_file(self.run_dir / entry["file"])
+            self._commit(done)
+        except BaseException as exc:
+            with self._failed_lock:
+                self._failed += [(e["step"], exc) for e in done]
+            for e in done:
+                _unlink_quietly(self.run_dir / e["file"])
 
     def raise_failures(self) -> None:
         """Raise (once) a TrajectoryError naming every step whose checkpoint was not saved."""
