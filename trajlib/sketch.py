@@ -13,8 +13,9 @@ cosine c near ±1, much less: about (1 − c²)/sqrt(k)). tests/test_sketch.py c
 exact maps; book/methods.md states it with the measured errors.
 
 Memory: the sketch is computed block by block from the live parameters (no copy of θ). With
-``cache_hash=True`` (the default on the CPU) the buckets of every parameter are kept as int32
-(4 bytes per parameter, computed once); with ``False`` (the default on CUDA) they are hashed
+``cache_hash=True`` (the default on the CPU) the signed buckets of every parameter are kept as
+int64 (8 bytes per parameter, computed once; ``scatter_add_`` wants int64 and is the fastest
+CPU path measured); with ``False`` (the default on CUDA) they are hashed
 again at every sketched step (about a dozen integer passes over each block, fast on a GPU) and
 the only memory is one block of work space: the 1e9-parameter case.
 """
@@ -50,7 +51,7 @@ class CountSketch:
     """Φ: R^P → R^k, fixed by (``k``, ``seed``); see the module docstring for error and memory.
 
     :meth:`index` gives the signed buckets of global indices (bucket + k for a negative sign):
-    a block is sketched by one ``index_add_`` into a (2k,) accumulator, folded at the end.
+    a block is sketched by one ``scatter_add_`` into a (2k,) accumulator, folded at the end.
     """
 
     kind = "countsketch-splitmix64"
