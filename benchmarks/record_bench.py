@@ -134,6 +134,55 @@ def sketch_scaling(device) -> list[dict]:
     return rows
 
 
+def sketch_errors(ks=(64, 256, 1024, 4096), seeds=5, steps=200) -> list[dict]:
+    """Error of sketched maps against the exact maps of an MLP (1.07 M parameters) recorded at
+    every step: per k, the RMS and the largest error over the off-diagonal entries of the
+    trajectory map and the update map, median and worst over sketch seeds, and sqrt(2/k)."""
+    import numpy as np
+
+    from trajlib import hallmarks as H
+    from trajlib.paper.models import MLP
+    from trajlib.sketch import CountSketch
+
+    data = digits()
+    torch.manual_seed(0)
+    model = MLP(1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy()  # noqa: E731
+    X = [flat()]
+    for step in range(steps):
+        i = (64 * step) % 1280
+        loss = F.cross_entropy(model(data.x_train[i: i + 64]), data.y_train[i: i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        X.append(flat())
+    X = np.stack(X)
+    G = H.gram_from_checkpoints(X)
+    exact = {m: getattr(H, m)(G) for m in ("trajectory_map", "update_map")}
+    off = ~np.eye(len(X), dtype=bool)
+    rows = []
+    for k in ks:
+        errs = {m: [] for m in exact}
+        for seed in range(seeds):
+            cs = CountSketch(k, seed=seed)
+            Gs = H.gram_from_checkpoints(np.stack([cs.apply(x) for x in X]))
+            for m in exact:
+                E = getattr(H, m)(Gs) - exact[m]
+                E = E[off[: len(E), : len(E)]]
+                errs[m].append((float(np.sqrt(np.mean(E ** 2))), float(np.abs(E).max())))
+        row = {"k": k, "bound": float(np.sqrt(2 / k)), "P": int(X.shape[1]), "T": len(X), "seeds": seeds}
+        for m, e in errs.items():
+            rms, mx = np.array(e).T
+            row[m] = {"rms_median": float(np.median(rms)), "rms_worst": float(rms.max()),
+                      "max_median": float(np.median(mx)), "max_worst": float(mx.max())}
+        rows.append(row)
+        print(f"k={k}: bound {row['bound']:.4f}; " + "; ".join(
+            f"{m} RMS {row[m]['rms_median']:.4f} (worst {row[m]['rms_worst']:.4f}), max {row[m]['max_worst']:.4f}"
+            for m in exact))
+    return rows
+
+
 def step_level(args) -> dict:
     device = torch.device(args.device)
     out = {"benchmark": "record_bench --step-level", "device": str(device), "threads": torch.get_num_threads(),
@@ -180,16 +229,31 @@ def main() -> None:
     p.add_argument("--save", help="append the result as JSON to this file (the book's methods page)")
     p.add_argument("--step-level", action="store_true", help="step statistics and sketch overheads")
     p.add_argument("--device", default="cpu", help="--step-level: cpu or cuda")
+    p.add_argument("--sketch-errors", action="store_true",
+                   help="sketched-map errors against exact every-step maps at several k (added to --save's JSON)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sketch_errors:
+        import json
+
+        rows = sketch_errors()
+        if args.save:
+            path = Path(args.save)
+            doc = json.loads(path.read_text()) if path.is_file() else {}
+            doc["sketch_errors"] = rows
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc, indent=1))
+        return
     if args.step_level:
         import json
 
         doc = step_level(args)
         if args.save:
-            Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.save).write_text(json.dumps(doc, indent=1))
+            path = Path(args.save)
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**old, **doc}, indent=1))  # keeps --sketch-errors' rows
         return
     if args.input == "digits":
         data = digits()

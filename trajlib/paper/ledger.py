@@ -19,14 +19,16 @@ from ..manifest import atomic_write
 
 
 def claim(text: str, *, paper: str, ours: float | None, std: float | None = None, agrees: bool | None,
-          unit: str = "", note: str = "", digits: int = 3, shown: str | None = None) -> dict:
+          unit: str = "", note: str = "", digits: int = 3, shown: str | None = None, level: str | None = None) -> dict:
     """One ledger row. ``agrees``: whether our direction matches the paper's (None: not tested
     at this preset, e.g. a claim that needs the paper's models). ``ours``/``std``: the number
     the agreement is judged on (an effect size); ``shown``: how to print it when a pair of
-    values says more ("0.81 → 0.99"); ``digits`` sets the rounding."""
+    values says more ("0.81 → 0.99"); ``digits`` sets the rounding. ``level``: what the number is
+    measured on when it matters ("checkpoint": between saved checkpoints; "step": every optimizer
+    step; "trained network": the mechanism measured on a trained model), shown in the ledger."""
     return {"claim": text, "paper": paper, "ours": None if ours is None else float(ours),
             "std": None if std is None else float(std), "agrees": None if agrees is None else bool(agrees),
-            "unit": unit, "note": note, "digits": digits, "shown": shown}
+            "unit": unit, "note": note, "digits": digits, "shown": shown, **({"level": level} if level else {})}
 
 
 def glue_all(**values) -> None:
@@ -99,7 +101,8 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
              f"These pages were produced by the **{', '.join(presets) or '—'}** preset"
              f"{'s' if len(presets) > 1 else ''}.", ""]
     table = [{"page": f"[{doc['notebook'][:2]}]({link_prefix}{doc['notebook']}.ipynb)",
-              "claim": r["claim"] + (f" <br><small>{r['note']}</small>" if r.get("note") else ""),
+              "claim": r["claim"] + (f" <br><small>level: {r['level']}</small>" if r.get("level") else "")
+              + (f" <br><small>{r['note']}</small>" if r.get("note") else ""),
               "paper": r["paper"], "ours": _fmt(r), "agrees": AGREES[r["agrees"]], "preset": doc["preset"]}
              for doc in results for r in doc["claims"]]
     if not table:
