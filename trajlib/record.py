@@ -157,8 +157,8 @@ class Recorder:
     as for ``gram``) records exact per-step statistics of every step (:mod:`trajlib.steps`:
     ‖u_t‖, ‖θ_t‖, cos(u_t, u_{t-1}), cos(u_t, θ_{t-1}), and ⟨u_t, v⟩, cos(u_t, v) for each of
     ``directions``, name → a dict of tensors by parameter name or one flat vector); memory: two
-    float64 copies of the grouped parameters (16 bytes per parameter) plus 8 bytes per parameter
-    per direction. ``sketch`` (k, or {"k", "seed", "every", "groups"}) stores a CountSketch Φθ_t
+    copies of the grouped parameters (θ_{t-1} in their dtype, u_{t-1} in float32: 8 bytes per
+    float32 parameter) plus 8 bytes per parameter per direction. ``sketch`` (k, or {"k", "seed", "every", "groups"}) stores a CountSketch Φθ_t
     of every ``every``-th step (:mod:`trajlib.sketch`; 8·k bytes per step and group). Both are
     written beside the run every ``flush_interval`` and read by ``traj.steps_table()`` and
     ``traj.sketches()``; ``rec.step_log.stats.listeners`` get each flushed block of rows.
