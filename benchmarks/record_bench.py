@@ -112,7 +112,7 @@ def sketch_scaling(device) -> list[dict]:
     from trajlib.steps import LiveLayout, StepStats
 
     rows = []
-    for P in (1 << 22, 1 << 24, 1 << 26):
+    for P in (1 << 22, 1 << 24, 1 << 25):
         theta = torch.nn.Parameter(torch.randn(P, device=device))
         for cache in ((True, False) if device.type == "cpu" else (False,)):
             if device.type == "cuda":
