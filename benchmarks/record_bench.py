@@ -1,11 +1,17 @@
-"""How much recording every step adds to the step time of a small CNN training loop.
+"""How much recording every step adds to the step time of a training loop.
 
     python benchmarks/record_bench.py [--steps 300] [--width 16] [--policies interval always never]
+    python benchmarks/record_bench.py --step-level [--device cuda]
 
-Trains notebook 01's BatchNorm CNN on digits batches, alternating runs without a Recorder and
-with one saving every step under each durability policy (``Recorder(fsync=...)``; best of
+Default: trains notebook 01's BatchNorm CNN on digits batches, alternating runs without a Recorder
+and with one saving every step under each durability policy (``Recorder(fsync=...)``; best of
 ``--repeat`` each, one process), and prints each policy's added step time. The step time is the
 training loop's own (``close`` is timed apart: it waits for the last group's fsync).
+``--step-level``: the overhead of exact step statistics (``step_stats=True``), of a k = 1024
+sketch every step (``sketch=1024``) and of both, against the plain loop, on a 1.07 M-parameter
+MLP (digits, batch 64: a fast step) and notebook 04's width-256 GPT-NeoX (6 layers, batch 32 ×
+64 characters), all modes interleaved in one process; also the sketch's time and memory per step
+at growing P with the linear extrapolation to P = 1e9.
 """
 
 from __future__ import annotations
@@ -47,6 +53,178 @@ def loop(steps: int, width: int, run_dir: str | None, batches, policy: str = "in
     return elapsed / steps, time.perf_counter() - t0 - elapsed
 
 
+STEP_MODES = {"plain": {}, "step_stats": {"step_stats": True}, "sketch": {"sketch": 1024},
+              "both": {"step_stats": True, "sketch": 1024}}
+
+
+def step_level_models(device):
+    """(name, model, batch maker) for the step-level benchmark."""
+    from trajlib.paper.data import char_corpus
+    from trajlib.paper.models import MLP, tiny_gpt_neox
+
+    data = digits()
+    mlp_batches = [(data.x_train[i: i + 64].to(device), data.y_train[i: i + 64].to(device)) for i in range(0, 1280, 64)]
+    corpus = char_corpus()
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, len(corpus.train) - 65, (8, 32), generator=g)
+    lm_batches = [torch.stack([corpus.train[s: s + 65] for s in row.tolist()]).to(device) for row in starts]
+
+    def mlp_loss(model, step):
+        x, y = mlp_batches[step % len(mlp_batches)]
+        return F.cross_entropy(model(x), y)
+
+    def lm_loss(model, step):
+        w = lm_batches[step % len(lm_batches)]
+        logits = model(w[:, :-1]).logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1))
+
+    return [("mlp-1.07M", lambda: MLP(1000), mlp_loss),
+            ("gpt-neox-w256", lambda: tiny_gpt_neox(vocab_size=corpus.vocab_size, width=256, layers=6, heads=4), lm_loss)]
+
+
+def step_loop(make, loss_fn, steps, mode, device) -> float:
+    torch.manual_seed(0)
+    model = make().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    tmp = tempfile.mkdtemp(prefix="trajlib-step-bench-")
+    rec = trajlib.Recorder(model, tmp, every=10**9, **STEP_MODES[mode]) if STEP_MODES[mode] else None
+    for step in range(1, 3):  # warm-up
+        loss = loss_fn(model, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for step in range(3, steps + 3):
+        loss = loss_fn(model, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if rec:
+            rec.step(step)
+    sync()
+    elapsed = time.perf_counter() - t0
+    if rec:
+        rec.close()
+    shutil.rmtree(tmp)
+    return elapsed / steps
+
+
+def sketch_scaling(device) -> list[dict]:
+    """Time and extra memory of one k = 1024 sketch of a flat parameter vector at growing P."""
+    from trajlib.sketch import CountSketch
+    from trajlib.steps import LiveLayout, StepStats
+
+    rows = []
+    for P in (1 << 22, 1 << 24, 1 << 25):
+        theta = torch.nn.Parameter(torch.randn(P, device=device))
+        for cache in ((True, False) if device.type == "cpu" else (False,)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            ss = StepStats(LiveLayout({"theta": (theta, "parameter")}), groups=None, sketch=CountSketch(1024),
+                           cache_hash=cache)
+            extra = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else \
+                (8 * P if cache else 0) + 8 * 4 * ss.plan.max_cols
+            ss.update(0, sketch=True)
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            for i in range(3):
+                ss.update(i, stats=False, sketch=True)
+            sync()
+            rows.append({"P": P, "cache_hash": cache, "ms": 1e3 * (time.perf_counter() - t0) / 3, "extra_bytes": int(extra)})
+            del ss
+    return rows
+
+
+def sketch_errors(ks=(64, 256, 1024, 4096), seeds=5, steps=200) -> list[dict]:
+    """Error of sketched maps against the exact maps of an MLP (width 300, 113 k parameters) recorded at
+    every step: per k, the RMS and the largest error over the off-diagonal entries of the
+    trajectory map and the update map, median and worst over sketch seeds, and sqrt(2/k)."""
+    import numpy as np
+
+    from trajlib import hallmarks as H
+    from trajlib.paper.models import MLP
+    from trajlib.sketch import CountSketch
+
+    data = digits()
+    torch.manual_seed(0)
+    model = MLP(300)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy()  # noqa: E731
+    X = [flat()]
+    for step in range(steps):
+        i = (64 * step) % 1280
+        loss = F.cross_entropy(model(data.x_train[i: i + 64]), data.y_train[i: i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        X.append(flat())
+    X = np.stack(X)
+    G = H.gram_from_checkpoints(X)
+    exact = {m: getattr(H, m)(G) for m in ("trajectory_map", "update_map")}
+    off = ~np.eye(len(X), dtype=bool)
+    rows = []
+    for k in ks:
+        errs = {m: [] for m in exact}
+        for seed in range(seeds):
+            cs = CountSketch(k, seed=seed)
+            idx = cs.index(torch.arange(X.shape[1]))  # hashed once, applied to every step
+            acc = torch.zeros(len(X), 2 * k, dtype=torch.float64).scatter_add_(
+                1, idx.expand(len(X), -1), torch.from_numpy(X))
+            Gs = H.gram_from_checkpoints(cs.fold(acc).numpy())
+            for m in exact:
+                E = getattr(H, m)(Gs) - exact[m]
+                E = E[off[: len(E), : len(E)]]
+                errs[m].append((float(np.sqrt(np.mean(E ** 2))), float(np.abs(E).max())))
+        row = {"k": k, "bound": float(np.sqrt(2 / k)), "P": int(X.shape[1]), "T": len(X), "seeds": seeds}
+        for m, e in errs.items():
+            rms, mx = np.array(e).T
+            row[m] = {"rms_median": float(np.median(rms)), "rms_worst": float(rms.max()),
+                      "max_median": float(np.median(mx)), "max_worst": float(mx.max())}
+        rows.append(row)
+        print(f"k={k}: bound {row['bound']:.4f}; " + "; ".join(
+            f"{m} RMS {row[m]['rms_median']:.4f} (worst {row[m]['rms_worst']:.4f}), max {row[m]['max_worst']:.4f}"
+            for m in exact))
+    return rows
+
+
+def step_level(args) -> dict:
+    device = torch.device(args.device)
+    out = {"benchmark": "record_bench --step-level", "device": str(device), "threads": torch.get_num_threads(),
+           "cores": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d"), "models": {}}
+    for name, make, loss_fn in step_level_models(device):
+        steps = args.steps if name.startswith("mlp") else max(5, args.steps // 20)
+        times = {m: [] for m in STEP_MODES}
+        for _ in range(args.repeat):
+            for mode in STEP_MODES:
+                times[mode].append(step_loop(make, loss_fn, steps, mode, device))
+        params = sum(p.numel() for p in make().parameters())
+        base = times["plain"]
+        row = {"params": params, "steps": steps, "base_ms": 1e3 * min(base)}
+        for mode in ("step_stats", "sketch", "both"):
+            paired = sorted(x / y for x, y in zip(times[mode], base))
+            row[mode] = {"ms": 1e3 * min(times[mode]), "overhead_best": min(times[mode]) / min(base) - 1,
+                         "overhead_median": paired[len(paired) // 2] - 1}
+        out["models"][name] = row
+        print(f"{name}: {params:,} parameters, plain step {row['base_ms']:.2f} ms on {device}; overhead "
+              + "; ".join(f"{m} {100 * row[m]['overhead_best']:+.1f}% (median {100 * row[m]['overhead_median']:+.1f}%)"
+                          for m in ("step_stats", "sketch", "both")))
+    out["sketch_scaling"] = rows = sketch_scaling(device)
+    for r in rows:
+        print(f"sketch P={r['P']:,} cache_hash={r['cache_hash']}: {r['ms']:.2f} ms, extra {r['extra_bytes'] / 2**20:.1f} MiB")
+    last = [r for r in rows if r["P"] == rows[-1]["P"]]
+    out["extrapolated_1e9"] = [{"cache_hash": r["cache_hash"], "ms": r["ms"] * 1e9 / r["P"],
+                                "extra_bytes": r["extra_bytes"] if not r["cache_hash"] else 8e9 + r["extra_bytes"] - 8 * r["P"]}
+                               for r in last]
+    for r in out["extrapolated_1e9"]:
+        print(f"P = 1e9 (linear in P): cache_hash={r['cache_hash']}: {r['ms'] / 1e3:.2f} s per sketched step, "
+              f"extra {r['extra_bytes'] / 2**20:.0f} MiB")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
@@ -60,9 +238,34 @@ def main() -> None:
                    help="Recorder(fsync=...) durability policies to time")
     p.add_argument("--save", help="add the results as JSON to this file (the book's methods page); rows of the "
                                   "same input and thread count are replaced")
+    p.add_argument("--step-level", action="store_true", help="step statistics and sketch overheads")
+    p.add_argument("--device", default="cpu", help="--step-level: cpu or cuda")
+    p.add_argument("--sketch-errors", action="store_true",
+                   help="sketched-map errors against exact every-step maps at several k (added to --save's JSON)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sketch_errors:
+        import json
+
+        rows = sketch_errors()
+        if args.save:
+            path = Path(args.save)
+            doc = json.loads(path.read_text()) if path.is_file() else {}
+            doc["sketch_errors"] = rows
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc, indent=1))
+        return
+    if args.step_level:
+        import json
+
+        doc = step_level(args)
+        if args.save:
+            path = Path(args.save)
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**old, **doc}, indent=1))  # keeps --sketch-errors' rows
+        return
     if args.input == "digits":
         data = digits()
         batches = [(data.x_train[i: i + 64], data.y_train[i: i + 64]) for i in range(0, 1280, 64)]

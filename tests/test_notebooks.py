@@ -259,3 +259,54 @@ def test_paper_preset_hub_path_runs_on_a_stand_in_hub(tmp_path, monkeypatch):
     assert {r["label"] for r in qkv["values"]["qkv"].values()} == {"14m", "70m"}
     for d in (doc, qkv):
         assert all(r["ours"] is None or np.isfinite(r["ours"]) for r in d["claims"])
+
+
+def test_03_step_level_row_recomputes_from_the_runs_step_tables(ci_book):
+    """The ledger says which level each row uses, and the step-level number is computed from the
+    step tables the Recorder wrote beside the runs."""
+    root, _, _ = ci_book
+    doc = results(root, "03-batch-size")
+    levels = [r.get("level") for r in doc["claims"]]
+    assert "step" in levels and "checkpoint" in levels
+    row = next(r for r in doc["claims"] if r.get("level") == "step")
+    by_batch: dict[int, list[float]] = {}
+    for run in sorted((root / "book" / "figures" / "runs").glob("03-batch-size-*")):
+        config = json.loads((run / "config.json").read_text())
+        if config["model_kwargs"] != {"bn": doc["parameters"]["bn"]}:
+            continue
+        table = trajlib.open_trajectory(run).steps_table()
+        by_batch.setdefault(config["batch_size"], []).append(
+            table[table.group == "all"].consecutive_update_cos.dropna().mean())
+    sizes = sorted(by_batch)
+    assert sizes == sorted(doc["parameters"]["batch_sizes"])
+    assert row["ours"] == pytest.approx(np.mean(by_batch[sizes[-1]]) - np.mean(by_batch[sizes[0]]), abs=1e-9)
+    assert row["verdict"] in ("agrees", "disagrees", "inconclusive")
+    assert row["verdict"] != "agrees" or row["effect"]["high"] < 0
+
+
+def test_01_sketched_map_error_recomputes_and_is_small(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "01-trajectory-map")
+    run = sorted((root / "book" / "figures" / "runs").glob("01-trajectory-map-*"))[0]
+    traj = trajlib.open_trajectory(run)
+    exact = trajlib.gram(traj, cache=False, progress=False)
+    dense = trajlib.gram(traj.sketches())
+    assert dense.meta["approximate"] and dense.T > 10 * traj.T
+    at = dense.select(np.searchsorted(dense.steps, exact.steps))
+    err = np.abs(H.trajectory_map(at["all"]) - H.trajectory_map(exact["all"])).max()
+    assert doc["values"]["sketch"]["max_error_at_checkpoints"] == pytest.approx(err, abs=1e-12)
+    assert err < np.sqrt(2 / doc["values"]["sketch"]["k"])
+
+
+def test_06_trained_network_row_is_measured(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "06-oscillation-theory")
+    row = next(r for r in doc["claims"] if "trained network" in (r.get("level") or ""))
+    flips: dict[str, list[float]] = {}
+    for r in doc["values"]["trained_network"].values():  # a DataFrame, saved by index
+        flips.setdefault(r["setting"], []).append(r["sign_flip_fraction"])
+        assert r["top eigenvalue"] > 0
+    assert len(flips["neither"]) == len(doc["parameters"]["trained_epochs"])
+    assert row["ours"] == pytest.approx(np.mean(flips["momentum + wd"]) - np.mean(flips["neither"]), abs=1e-12)
+    assert row["effect"]["n"] == len(doc["parameters"]["trained_epochs"])
+    assert row["verdict"] != "agrees" or row["effect"]["low"] > 0

@@ -42,13 +42,16 @@ def test_readme_opens_with_the_two_commands_and_its_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
     assert first_block.splitlines()[0].startswith("make book") and "make test" in first_block
-    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "Recorder" in b)
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    example = next(b for b in blocks if "Recorder" in b)
     assert len(example.strip().splitlines()) <= 14
-    (tmp_path / "example.py").write_text(example)
+    step_level = next(b for b in blocks if "sketches()" in b)  # continues the example's session
+    (tmp_path / "example.py").write_text(example + step_level)
     for _ in range(2):  # a re-run starts afresh: never analyses (or appends to) the old run silently
         out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert "mds" in out.stdout and (tmp_path / "map.png").stat().st_size > 1000
+        assert "consecutive_update_cos" in out.stdout and (tmp_path / "dense-map.png").stat().st_size > 1000
         assert len(list((tmp_path / "runs" / "mine").glob("ckpt-*.safetensors"))) == 11
     shell = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "trajlib inspect" in b)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

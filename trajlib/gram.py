@@ -328,6 +328,10 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
          progress: bool = True, distributed: bool | None = None, kernel: str = "auto") -> GramStats:
     """Stream ``traj`` once and return the per-group Grams of [θ_0; u_0..u_{T-2}] (GramStats).
 
+    ``traj`` may also be a :class:`~trajlib.sketch.SketchedTrajectory` (``traj.sketches()``):
+    then G is the sketches' Gram in the same basis, ``meta["approximate"]`` is True, and only
+    ``groups`` applies (see :mod:`trajlib.sketch` for the error).
+
     ``groups``: specs of ``trajlib.groups`` (default ``["all"]``), all computed in this one
     pass. ``block_bytes``: size of one read slab (T rows of float32 columns); memory is about
     workers × (block_bytes + 4 MiB). ``cache``: True saves/reuses ``gram-<key>.npz`` beside
@@ -336,6 +340,10 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     ``distributed``: None uses torch.distributed when it is initialised. ``kernel``: "auto"
     (the fused Triton kernel on a capable GPU, else torch), "torch" or "triton".
     """
+    from .sketch import SketchedTrajectory, sketch_gram
+
+    if isinstance(traj, SketchedTrajectory):  # approximate: the sketches' own Gram, same basis
+        return sketch_gram(traj, groups=groups)
     device = _device(device)
     resolved = resolve_groups(traj, groups)
     triton = _use_triton(kernel, device)

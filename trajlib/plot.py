@@ -36,22 +36,48 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def block_mean(C: np.ndarray, cells: int) -> np.ndarray:
+    """(T, T) → (m, m) with m = min(T, cells): the mean of C over a grid of nearly equal
+    blocks of consecutive rows and columns (NaN entries skipped)."""
+    C = np.asarray(C, dtype=np.float64)
+    T = len(C)
+    if T <= cells:
+        return C
+    edges = np.linspace(0, T, cells + 1).round().astype(int)[:-1]
+    ok = np.isfinite(C)
+    tot = np.add.reduceat(np.add.reduceat(np.where(ok, C, 0.0), edges, axis=0), edges, axis=1)
+    cnt = np.add.reduceat(np.add.reduceat(ok.astype(np.float64), edges, axis=0), edges, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tot / cnt
+
+
 def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vmin: float | None = None,
                    vmax: float = 1.0, cmap: str = MAP_CMAP, title: str | None = None,
                    axis_label: str = "epoch", cbar: bool = True,
-                   cbar_label: str = "cosine similarity", max_ticks: int = 8, cbar_ax=None):
+                   cbar_label: str = "cosine similarity", max_ticks: int = 8, cbar_ax=None,
+                   max_cells: int = 400):
     """Heatmap of a (T, T) map with checkpoint labels on both axes; returns the Axes.
 
     ``labels``: one per checkpoint (epochs or steps); ``vmin``/``vmax``: the colour scale
-    (pass the same values to maps compared side by side).
+    (pass the same values to maps compared side by side). Maps with more than ``max_cells``
+    rows (dense-in-time maps of thousands of steps) are drawn as block means on a
+    ``max_cells`` grid (:func:`block_mean`), one image rather than T² cells.
     """
     C = np.asarray(C)
     ax = ax or plt.subplots(figsize=(4.2, 3.6))[1]
-    labels = list(range(len(C))) if labels is None else list(labels)
-    sns.heatmap(C, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, square=True, cbar=cbar, cbar_ax=cbar_ax,
-                cbar_kws={"label": cbar_label} if cbar else None, xticklabels=False, yticklabels=False,
-                rasterized=True)
-    ticks = _tick_positions(len(C), max_ticks)
+    T = len(C)
+    labels = list(range(T)) if labels is None else list(labels)
+    if T > max_cells:
+        img = ax.imshow(block_mean(C, max_cells), cmap=cmap, vmin=vmin, vmax=vmax, extent=(0, T, T, 0),
+                        interpolation="nearest", aspect="equal", rasterized=True)
+        if cbar:
+            ax.figure.colorbar(img, ax=ax if cbar_ax is None else None, cax=cbar_ax, label=cbar_label)
+        ticks = _tick_positions(T, max_ticks)
+    else:
+        sns.heatmap(C, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, square=True, cbar=cbar, cbar_ax=cbar_ax,
+                    cbar_kws={"label": cbar_label} if cbar else None, xticklabels=False, yticklabels=False,
+                    rasterized=True)
+        ticks = _tick_positions(T, max_ticks)
     ax.set_xticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
     ax.set_yticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
     ax.set_xlabel(f"checkpoint {axis_label}")

@@ -37,6 +37,8 @@ import torch
 
 from .formats import dtype_code
 from .manifest import FORMAT_VERSION, MANIFEST, TrajectoryError, dumps, fsync_dir, new_manifest, read_manifest, write_manifest
+from .sketch import SKETCH_FILE
+from .steps import STEPS_FILE, StepLog
 from .writer import CheckpointWriter, RunLock, SnapshotLayout, remove_leftovers
 
 log = logging.getLogger("trajlib.record")
@@ -137,7 +139,7 @@ def _start_over(run_dir: Path) -> None:
     listed = {c.get("file") for c in read_manifest(run_dir)["checkpoints"]}
     (run_dir / MANIFEST).unlink()
     for path in run_dir.iterdir():
-        if path.name in listed or path.name.startswith(("gram-", "pca-")):
+        if path.name in listed or path.name.startswith(("gram-", "pca-")) or path.name in (STEPS_FILE, SKETCH_FILE):
             path.unlink()
     remove_leftovers(run_dir, set())
     fsync_dir(run_dir)
@@ -170,6 +172,17 @@ class Recorder:
       was lost (``open_trajectory`` then names them). For scratch runs on slow disks.
 
     ``True`` means ``"always"`` (the former default).
+
+    Step level (opt-in; off costs nothing): ``step_stats`` (True for ``"all"``, or group specs
+    as for ``gram``) records exact per-step statistics of every step (:mod:`trajlib.steps`:
+    ‖u_t‖, ‖θ_t‖, cos(u_t, u_{t-1}), cos(u_t, θ_{t-1}), and ⟨u_t, v⟩, cos(u_t, v) for each of
+    ``directions``, name → a dict of tensors by parameter name or one flat vector); memory: two
+    copies of the grouped parameters (θ_{t-1} in their dtype, u_{t-1} in float32: 8 bytes per
+    float32 parameter) plus 8 bytes per parameter per direction. ``sketch`` (k, or {"k", "seed",
+    "every", "groups"}) stores a CountSketch Φθ_t of every ``every``-th step (:mod:`trajlib.sketch`;
+    8·k bytes per step and group). Both are written beside the run every ``flush_interval`` and
+    read by ``traj.steps_table()`` and ``traj.sketches()``; ``rec.step_log.stats.listeners`` get
+    each flushed block of rows.
     """
 
     def __init__(self, model: torch.nn.Module, run_dir: str | Path, *, every: int | None = None,
@@ -177,7 +190,8 @@ class Recorder:
                  exclude: str | None = None, buffers: bool = False, meta: dict | None = None,
                  optimizer: torch.optim.Optimizer | None = None, seed: int | None = None,
                  start_step: int = 0, fresh: bool = False, flush_interval: float = 0.2,
-                 max_pending_bytes: int = 256 << 20, fsync: str | bool = "interval"):
+                 max_pending_bytes: int = 256 << 20, fsync: str | bool = "interval", step_stats=None,
+                 directions: dict | None = None, sketch=None):
         if every is not None and steps is not None:
             raise ValueError("give either every= or steps=, not both")
         if every is not None and every < 1:
@@ -199,6 +213,13 @@ class Recorder:
         try:
             self.manifest = _open_for_writing(self.run_dir, model, self.tensors, fresh=fresh,
                                               meta={"optimizer": _optimizer_meta(optimizer), "seed": seed, **(meta or {})})
+            new_run = not self.manifest["checkpoints"]
+            self.step_log = None
+            if step_stats or sketch:
+                self.step_log = StepLog(self.run_dir, self.manifest, self.tensors, step_stats=step_stats,
+                                        directions=directions, sketch=sketch, new_run=new_run,
+                                        start_step=start_step, fsync=fsync)
+                write_manifest(self.run_dir, self.manifest)
         except BaseException:
             self._run_lock.release()
             raise
@@ -235,6 +256,10 @@ class Recorder:
         self._writer.raise_failures()
         step = int(step)
         self._check_order(step)
+        if self.step_log is not None:
+            self.step_log.update(step)
+            if time.monotonic() - self._handed_off >= self.flush_interval:
+                self._handoff()
         if not self.due(step):
             self._last = self._unsaved = step
             return False
@@ -263,6 +288,8 @@ class Recorder:
             self._handoff()
 
     def _handoff(self) -> None:
+        if self.step_log is not None:  # step rows reach the table before their checkpoints are listed
+            self.step_log.flush()
         if self._batch:
             batch, self._batch = self._batch, []
             self._writer.put(batch)
@@ -303,6 +330,8 @@ class Recorder:
             self._writer.stop()
             self._writer.raise_failures()
         finally:
+            if self.step_log is not None:
+                self.step_log.close()
             self._run_lock.release()
 
     def __enter__(self) -> "Recorder":

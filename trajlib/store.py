@@ -136,6 +136,21 @@ class Trajectory:
     def file_of(self, t: int, name: str) -> Path:
         return self.checkpoints[t].reader.file_of(name)
 
+    # -- step level (runs recorded with step_stats= / sketch=) -------------------------------
+    def steps_table(self):
+        """The run's per-step statistics, a DataFrame with one row per (step, group)
+        (:func:`trajlib.steps.read_step_table`)."""
+        from .steps import read_step_table
+
+        return read_step_table(self.source)
+
+    def sketches(self):
+        """The run's per-step sketches Φθ_t (:class:`trajlib.sketch.SketchedTrajectory`);
+        ``trajlib.gram`` turns them into approximate GramStats."""
+        from .sketch import read_sketches
+
+        return read_sketches(self.source)
+
     # -- selection and duplicates ------------------------------------------------------------
     def select(self, indices: Sequence[int] | slice) -> "Trajectory":
         """A trajectory over a subset of checkpoints (indices into the step-sorted order)."""

@@ -177,6 +177,37 @@ def benchmark_tables(folder: Path) -> str:
             "close (ms)": f"{r['close_ms']:.0f}" if "close_ms" in r else "—",
         } for r in d["rows"]]))
         out.append("")
+    steps = folder / "step_bench.json"
+    if steps.is_file():
+        d = json.loads(steps.read_text())
+        out += [f"**Step statistics and sketches** (`benchmarks/record_bench.py --step-level`, {d['device']}, "
+                f"{d['threads']} torch threads, {d['date']}): added to the step time of the plain loop, all modes "
+                "interleaved in one run.", ""]
+        out.append(_markdown([{
+            "model": name, "parameters": f"{r['params']:,}", "step (ms)": f"{r['base_ms']:.1f}",
+            **{f"{m} (best / median)": f"{100 * r[m]['overhead_best']:+.0f}% / {100 * r[m]['overhead_median']:+.0f}%"
+               for m in ("step_stats", "sketch", "both")},
+        } for name, r in d["models"].items()]))
+        out += ["", "Sketch of one step (k = 1024) at growing P, and the linear extrapolation to P = 10⁹:", ""]
+        out.append(_markdown([{"P": f"{r['P']:,}", "cached hash": r["cache_hash"], "ms per step": f"{r['ms']:.1f}",
+                               "extra memory (MiB)": f"{r['extra_bytes'] / 2**20:.0f}"}
+                              for r in d["sketch_scaling"]]
+                             + [{"P": "1e9 (extrapolated)", "cached hash": r["cache_hash"],
+                                 "ms per step": f"{r['ms']:.0f}", "extra memory (MiB)": f"{r['extra_bytes'] / 2**20:.0f}"}
+                                for r in d["extrapolated_1e9"]]))
+        out.append("")
+    if steps.is_file() and "sketch_errors" in json.loads(steps.read_text()):
+        rows = json.loads(steps.read_text())["sketch_errors"]
+        out += [f"**Sketch error** (`benchmarks/record_bench.py --sketch-errors`): sketched against exact maps of "
+                f"an MLP ({rows[0]['P']:,} parameters) recorded at all {rows[0]['T']} steps, over {rows[0]['seeds']} "
+                "sketch seeds; RMS and largest error over the off-diagonal entries.", ""]
+        out.append(_markdown([{
+            "k": r["k"], "bytes per step": f"{8 * r['k']:,}", "sqrt(2/k)": f"{r['bound']:.4f}",
+            **{f"{m.replace('_', ' ')}: RMS (median / worst)": f"{r[m]['rms_median']:.4f} / {r[m]['rms_worst']:.4f}"
+               for m in ("trajectory_map", "update_map")},
+            **{f"{m.replace('_', ' ')}: largest": f"{r[m]['max_worst']:.4f}" for m in ("trajectory_map", "update_map")},
+        } for r in rows]))
+        out.append("")
     gpu = folder / "gpu_gram_bench.json"
     if gpu.is_file():
         d = json.loads(gpu.read_text())

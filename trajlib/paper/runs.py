@@ -23,6 +23,7 @@ from ..hallmarks import hallmark_table
 from ..manifest import atomic_write
 from ..sources import open_trajectory
 from ..stats import GramStats
+from ..steps import STEPS_FILE
 from . import data as datasets
 from . import models
 from .train import train_char_lm, train_classifier
@@ -54,6 +55,12 @@ class Run:
             return gram(traj, groups=groups, progress=False, **kwargs)
         finally:
             traj.close()
+
+    def steps_table(self) -> pd.DataFrame:
+        """The run's step statistics (runs trained with ``step_stats=True``)."""
+        from ..steps import read_step_table
+
+        return read_step_table(self.run_dir)
 
     @property
     def final_accuracy(self) -> float:
@@ -155,6 +162,18 @@ def momentum_weight_decay_grid(momentum: float, weight_decay: float) -> dict[str
 
 SWEEP_COLUMNS = ("mds", "mds_full", "relative_mds", "update_mds", "mean_consecutive_update_cos",
                  "mean_update_param_cos", "straightness")
+STEP_COLUMNS = ("step_consecutive_update_cos", "step_update_param_cos", "step_obtuse_fraction")
+
+
+def step_summary(table: pd.DataFrame, group: str = "all") -> dict:
+    """Step-level counterparts of the sweep's update hallmarks, from a run's step table: the
+    mean over steps of cos(u_t, u_{t-1}) and of cos(u_t, θ_{t-1}), and the fraction of steps
+    whose consecutive updates are obtuse (cos < 0)."""
+    rows = table[table["group"] == group]
+    cons = rows["consecutive_update_cos"].dropna()
+    return {"step_consecutive_update_cos": float(cons.mean()),
+            "step_update_param_cos": float(rows["update_param_cos"].mean()),
+            "step_obtuse_fraction": float((cons < 0).mean())}
 
 
 @dataclass
@@ -200,6 +219,8 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
                 row["final_accuracy"] = r.final_accuracy
             if "valid_loss" in r.history:
                 row["final_valid_loss"] = float(r.history["valid_loss"].iloc[-1])
+            if (r.run_dir / STEPS_FILE).is_file():
+                row.update(step_summary(r.steps_table(), group))
             rows.append(row)
             runs[(label, seed)], run_stats[(label, seed)] = r, stats
     return Sweep(pd.DataFrame(rows), runs, run_stats)

@@ -99,12 +99,16 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
                      lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                      schedule: str = "cosine", warmup_epochs: float = 0.0, record_every: int | None = None,
                      freeze_epoch: int | None = None, seed: int = 0, device="cpu", num_workers: int = 0,
-                     meta: dict | None = None) -> pd.DataFrame:
+                     meta: dict | None = None, step_stats: bool | list = False,
+                     directions: dict | None = None, sketch: int | dict | None = None) -> pd.DataFrame:
     """Train with SGD and record θ_t into ``run_dir``; returns one row per epoch
     (epoch, step, lr, train_loss, test_accuracy, seconds).
 
     ``data``: :class:`~trajlib.data.TensorData` or a (train, test) pair of datasets.
     ``freeze_epoch``: from this epoch on only BatchNorm parameters train (all are still recorded).
+    ``step_stats``/``directions``: exact statistics of every step beside the run
+    (:mod:`trajlib.steps`; notebooks 02, 03); ``sketch``: a sketch of every step
+    (:mod:`trajlib.sketch`; notebook 01's dense map).
     """
     model.to(device).train()
     spe = _steps_per_epoch(data, batch_size)
@@ -117,7 +121,8 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     rows, step, t0 = [], 0, time.time()
     run_meta = {"task": "classification", "epochs": epochs, "batch_size": batch_size, "schedule": schedule,
                 "freeze_epoch": freeze_epoch, **(meta or {})}
-    with Recorder(model, run_dir, every=every, optimizer=opt, seed=seed, meta=run_meta) as rec:
+    with Recorder(model, run_dir, every=every, optimizer=opt, seed=seed, meta=run_meta,
+                  step_stats=step_stats or None, directions=directions, sketch=sketch) as rec:
         for epoch in tqdm(range(epochs), desc=f"train {Path(run_dir).name}", unit="epoch", leave=False,
                            disable=None):
             if freeze_epoch is not None and epoch == freeze_epoch:
