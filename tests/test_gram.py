@@ -125,8 +125,8 @@ def test_parameter_order_does_not_matter(tmp_path, rng):
     np.testing.assert_allclose(a["all"], b["all"], rtol=1e-12)
 
 
-def test_trapezoidal_product_is_symmetric_and_exact(tmp_path, rng):
-    """T ≥ 24 takes the lower-trapezoid path; the filled-in upper block must be exact."""
+def test_lower_triangle_product_is_symmetric_and_exact(tmp_path, rng):
+    """The default CPU product computes the lower triangle; the mirrored upper one must be exact."""
     thetas = random_walk(rng, {"w": (300,), "v": (7, 11)}, 30)
     stats = trajlib.gram(trajlib.open_trajectory(write_run(tmp_path / "r", thetas)), cache=False,
                          progress=False, block_bytes=2000)
