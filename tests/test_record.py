@@ -134,24 +134,31 @@ def test_resume_appends_and_refuses_a_different_model(tmp_path):
 
 
 def test_training_does_not_wait_for_the_disk_but_flush_does(tmp_path, monkeypatch):
-    """Snapshots are copied on the caller's thread and written by the background thread."""
+    """Snapshots are copied on the caller's thread and written by the background thread: with
+    every write held until released, training steps still return; flush waits for the writes."""
+    import threading
+
     from trajlib.writer import SnapshotLayout
 
-    slow_write = SnapshotLayout.write
+    real, gate, started = SnapshotLayout.write, threading.Event(), threading.Event()
 
-    def delayed(self, path, buf, **kwargs):
-        time.sleep(0.3)
-        return slow_write(self, path, buf, **kwargs)
+    def held(self, path, buf, **kwargs):
+        started.set()
+        gate.wait()
+        return real(self, path, buf, **kwargs)
 
-    monkeypatch.setattr(SnapshotLayout, "write", delayed)
+    monkeypatch.setattr(SnapshotLayout, "write", held)
     model = bn_net()
     rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=0.0)
-    t0 = time.perf_counter()
-    train(model, rec, 3)
-    queued = time.perf_counter() - t0
+    train(model, rec, 3)  # returns although no write has finished
+    assert started.wait(60) and not (tmp_path / "r" / "ckpt-000000003.safetensors").exists()
+    flusher = threading.Thread(target=rec.flush)
+    flusher.start()
+    flusher.join(0.5)
+    assert flusher.is_alive(), "flush returned before the held writes finished"
+    gate.set()
+    flusher.join(60)
     rec.close()
-    waited = time.perf_counter() - t0
-    assert queued < 0.3 < waited
     assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 1, 2, 3]
 
 
