@@ -37,7 +37,7 @@ from .threads import numpy_blas_controllable, numpy_blas_single_threaded, single
 log = logging.getLogger("trajlib.gram")
 
 DEFAULT_BLOCK_BYTES = 8 << 20  # one read slab: T rows × ncols float32 columns
-COMPUTE_BYTES = 512 << 10  # one float64 (T, sub) work buffer on the CPU path: two fit in L2
+COMPUTE_BYTES = 2 << 20  # one float64 (T, sub) work buffer on the CPU path (T = 64: 4,096 columns)
 MAX_CACHED = 8  # Gram caches kept per folder; the least recently used beyond this are deleted
 
 
