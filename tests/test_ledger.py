@@ -53,3 +53,9 @@ def test_a_row_must_say_where_the_paper_number_comes_from():
         claim("x", paper="0.76", effects=[1, 2], direction=1)  # no source
     with pytest.raises(ValueError, match="source='paper'"):
         claim("x", paper="0.76", source="paper", effects=[1, 2], direction=1)
+
+
+def test_a_claim_with_no_finite_effect_is_not_tested_rather_than_nan():
+    row = claim("middle layers", paper="differ", source="A2", effects=[float("nan")], direction=+1)
+    assert row["ours"] is None and row["verdict"] is None and row["effect"] is None
+    assert "not computable" in row["note"]

@@ -60,7 +60,10 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
         if direction is None:
             raise ValueError(f"{text!r}: effects need the paper's direction (+1 or -1)")
         effect = judge(effects, direction=direction)
-        row.update(effect=effect.as_dict(), verdict=effect.verdict, ours=effect.mean)
+        if effect.n == 0:  # nothing to judge here (e.g. a model too shallow to have middle layers)
+            row.update(ours=None, note=(note + "; " if note else "") + "not computable at this preset")
+        else:
+            row.update(effect=effect.as_dict(), verdict=effect.verdict, ours=effect.mean)
     else:
         row["ours"] = None if ours is None else float(ours)
         if agrees is not None:
