@@ -128,7 +128,7 @@ def benchmark_tables(folder: Path) -> str:
         out += ["**Recording every step** (`benchmarks/record_bench.py`, small BatchNorm CNN; the durability "
                 "policy is `Recorder(fsync=...)`, see Storage; `close` waits for the last group's fsync):", ""]
         out.append(_markdown([{
-            "input": r["input"], "torch threads": r["threads"], "durability": r.get("policy", "always"),
+            "input": r["input"], "torch threads": r["threads"], "durability": r.get("policy", "per-file fsync (before the policies)"),
             "step (ms)": f"{r['base_ms']:.2f}", "with Recorder (ms)": f"{r['record_ms']:.2f}",
             "added (best / median)": f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}%",
             "close (ms)": f"{r['close_ms']:.0f}" if "close_ms" in r else "—",
