@@ -193,12 +193,14 @@ def errors_vs(ref: dict, got: dict) -> dict:
     return err
 
 
-def sweep_point(T: int, P: int, args, peak: float) -> dict:
-    """trajlib, sklearn and the bound at one T (the same bytes on disk as the main run)."""
+def sweep_point(T: int, P: int, args) -> dict:
+    """trajlib, sklearn and the bound at one T (the same bytes on disk as the main run); the peak
+    is measured again just before, as the load of a shared machine drifts."""
     run = Path(f"{args.run}-T{T}")
     build_run(run, T, P)
     ref = oracle(run)
-    row = {"T": T, "P": P, "bound_seconds": T * (T + 1) * P / (peak * 1e9)}
+    peak = run_method("peak", run, args, T)["gflops"]
+    row = {"T": T, "P": P, "peak_gflops": peak, "bound_seconds": T * (T + 1) * P / (peak * 1e9)}
     for name in ("trajlib", "sklearn"):
         r = run_method(name, run, args, T)
         row[f"{name}_seconds"] = r["seconds"]
@@ -248,17 +250,17 @@ def main() -> None:
     print(f"trajlib {t:.3f} s: {t / bound:.2f}x the fp64 peak bound ({flops / t / 1e9:.1f} GFLOP/s of {peak:.1f}); "
           f"vs (a) sklearn: {results['sklearn']['seconds'] / t:.2f}x faster; vs (b) naive: "
           f"{results['naive']['seconds'] / t:.1f}x; reads at {results['read']['seconds'] / t:.0%} of the plain-read rate")
-    sweep = [{"T": args.T, "P": args.P, "bound_seconds": bound, "trajlib_seconds": t,
+    sweep = [{"T": args.T, "P": args.P, "peak_gflops": peak, "bound_seconds": bound, "trajlib_seconds": t,
               "sklearn_seconds": results["sklearn"]["seconds"], "gflops": flops / t / 1e9,
               "trajlib_map_error": results["trajlib"]["errors"]["map"],
               "sklearn_map_error": results["sklearn"]["errors"]["map"]}]
     for T in args.sweep:
-        sweep.append(sweep_point(T, args.T * args.P // T, args, peak))
+        sweep.append(sweep_point(T, args.T * args.P // T, args))
     if args.sweep:
-        print(f"{'T':>5s} {'P':>10s} {'trajlib s':>9s} {'× bound':>8s} {'GFLOP/s':>8s} {'sklearn s':>9s} "
+        print(f"{'T':>5s} {'P':>10s} {'peak GF/s':>9s} {'trajlib s':>9s} {'× bound':>8s} {'GFLOP/s':>8s} {'sklearn s':>9s} "
               f"{'sklearn/trajlib':>15s}  trajlib time / T₀'s")
         for r in sweep:
-            print(f"{r['T']:5d} {r['P']:10,d} {r['trajlib_seconds']:9.3f} {r['trajlib_seconds'] / r['bound_seconds']:7.2f}x "
+            print(f"{r['T']:5d} {r['P']:10,d} {r['peak_gflops']:9.1f} {r['trajlib_seconds']:9.3f} {r['trajlib_seconds'] / r['bound_seconds']:7.2f}x "
                   f"{r['gflops']:8.1f} {r['sklearn_seconds']:9.3f} {r['sklearn_seconds'] / r['trajlib_seconds']:14.2f}x  "
                   f"{r['trajlib_seconds'] / t:.2f} (T/T₀ = {r['T'] / args.T:g})")
     if args.save:
