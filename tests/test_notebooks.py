@@ -316,3 +316,12 @@ def test_06_trained_network_row_is_measured(ci_book):
     assert row["ours"] == pytest.approx(np.mean(flips["momentum + wd"]) - np.mean(flips["neither"]), abs=1e-12)
     assert row["effect"]["n"] == len(doc["parameters"]["trained_epochs"])
     assert row["verdict"] != "agrees" or row["effect"]["low"] > 0
+
+
+def test_08_reads_page_02_runs_without_retraining(ci_book):
+    root, _, _ = ci_book
+    doc = results(root, "08-pca-loss-surface")
+    assert doc["values"]["retrained"] == []
+    ratios = doc["values"]["explained_variance_ratio"]
+    assert set(ratios) == {"momentum + wd", "momentum only", "wd only", "neither"}
+    assert all(0 < sum(r) <= 1 + 1e-9 for r in ratios.values())
