@@ -147,7 +147,7 @@ def benchmark_tables(folder: Path) -> str:
         } for r in d["rows"]]))
         out.append("")
     steps = folder / "step_bench.json"
-    if steps.is_file():
+    if steps.is_file() and "models" in json.loads(steps.read_text()):
         d = json.loads(steps.read_text())
         out += [f"**Step statistics and sketches** (`benchmarks/record_bench.py --step-level`, {d['device']}, "
                 f"{d['threads']} torch threads, {d['date']}): added to the step time of the plain loop, all modes "
