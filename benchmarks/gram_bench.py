@@ -137,10 +137,13 @@ METHODS = {"trajlib": method_trajlib, "sklearn": method_sklearn, "naive": method
            "peak": method_peak}
 
 
-def child(args) -> None:
-    fn = METHODS[args.method]
+def child(args, methods=None) -> None:
+    """Time ``methods[args.method]`` (default: this script's) on ``args.run`` in this child
+    process: one warm-up, best of ``--repeat``, peak memory above the warm baseline; saves the
+    result to ``args.out`` and prints the timing as JSON. pca_bench.py reuses it."""
+    fn = (methods or METHODS)[args.method]
     run = Path(args.run)
-    fn(run, args)  # warm-up: page cache, imports, allocator
+    fn(run, args)  # warm-up: page cache, imports, allocator (and any cache the method keeps)
     base = status_mb("VmRSS")
     best, out = float("inf"), None
     for _ in range(args.repeat):

@@ -25,13 +25,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gram_bench import build_run, files, load_flat, status_mb  # noqa: E402
+from gram_bench import build_run, child as timed_child, files, load_flat  # noqa: E402
 
 
 def method_trajlib(run: Path, args, cached: bool = False) -> dict:
@@ -62,21 +61,6 @@ def method_sklearn(run: Path, args) -> dict:
 METHODS = {"trajlib": method_trajlib, "trajlib_cached_gram": method_cached, "sklearn": method_sklearn}
 
 
-def child(args) -> None:
-    fn = METHODS[args.method]
-    run = Path(args.run)
-    fn(run, args)  # warm-up: page cache, imports, allocator (and, for the cached method, the Gram cache)
-    base = status_mb("VmRSS")
-    best, out = float("inf"), None
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        out = fn(run, args)
-        best = min(best, time.perf_counter() - t0)
-    peak = status_mb("VmHWM")
-    np.savez(args.out, **out)
-    print(json.dumps({"seconds": best, "peak_mb": peak - base}))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--T", type=int, default=64)
@@ -88,7 +72,7 @@ def main() -> None:
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.method:
-        return child(args)
+        return timed_child(args, METHODS)
     run = Path(args.run)
     build_run(run, args.T, args.P)
     nbytes = sum(f.stat().st_size for f in files(run))
