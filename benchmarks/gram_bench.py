@@ -53,13 +53,15 @@ def build_run(run: Path, T: int, P: int) -> None:
 
     import trajlib
 
-    if (run / "manifest.json").exists() and trajlib.open_trajectory(run).T == T:
-        return
+    if (run / "manifest.json").exists():
+        old = trajlib.open_trajectory(run)
+        if (old.T, old.P) == (T, P):
+            return
     torch.manual_seed(0)
     width = min(1024, int(P**0.5))
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(max(1, P // width**2))])
     drift = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
-    with torch.no_grad(), trajlib.Recorder(model, run, every=1) as rec:
+    with torch.no_grad(), trajlib.Recorder(model, run, every=1, fresh=True) as rec:
         for step in range(1, T):
             scale = 0.97**step  # shrinking steps: late updates are ~0.1% of the first
             for p, d in zip(model.parameters(), drift):

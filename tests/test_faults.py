@@ -128,6 +128,36 @@ def test_caught_write_errors_never_hang_training(tmp_path, monkeypatch):
     assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 21, 22, 23, 24]
 
 
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "per-file fsync"])
+def test_a_failing_group_sync_names_its_steps_and_lists_none_of_them(tmp_path, monkeypatch, syncfs):
+    """The group's data could not be made durable (EIO from syncfs, or from fsync where syncfs is
+    absent): its steps are named, their files removed and never listed; earlier groups stay."""
+    import ctypes
+
+    import trajlib.writer
+
+    model = net()
+    rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=3600.0)
+    rec.flush()
+    if syncfs:
+        def failing(fd):
+            ctypes.set_errno(5)
+            return -1
+        monkeypatch.setattr(trajlib.writer, "_syncfs", failing)
+    else:
+        monkeypatch.setattr(trajlib.writer, "_syncfs", None)
+        monkeypatch.setattr(trajlib.writer, "fsync_file", lambda path: (_ for _ in ()).throw(OSError(5, "EIO")))
+    for step in (1, 2, 3):
+        nudge(model)
+        rec.step(step)
+    with pytest.raises(TrajectoryError, match=r"step 1, 2, 3 not saved"):
+        rec.flush()
+    monkeypatch.undo()
+    rec.close()
+    assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0]
+    assert sorted(p.name for p in (tmp_path / "r").glob("ckpt-*")) == ["ckpt-000000000.safetensors"]
+
+
 SECOND_WRITER = textwrap.dedent("""
     import sys, time, torch, trajlib
     rec = trajlib.Recorder(torch.nn.Linear(4, 4), sys.argv[1], every=1)

@@ -159,8 +159,8 @@ class Recorder:
     loses nothing that was committed, since committed files are in the page cache):
 
     * ``"interval"`` (default): snapshots reach the writer in groups at most ``flush_interval``
-      seconds apart (0.2 s); each group's files are fsynced together, then the directory, then
-      the manifest lists them; also at :meth:`flush` and :meth:`close`. A killed process *and*
+      seconds apart (0.2 s); each group's files are synced together (one ``syncfs`` on Linux),
+      then the directory, then the manifest lists them; also at :meth:`flush` and :meth:`close`. A killed process *and*
       a machine crash (power loss) lose the same window: the checkpoints not yet committed,
       i.e. those taken in the last ``flush_interval`` plus any backlog the writer had not
       finished. The manifest never lists a file whose data a machine crash could lose.
