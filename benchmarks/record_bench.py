@@ -246,8 +246,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.sketch_errors:
-        import json
-
         rows = sketch_errors()
         if args.save:
             path = Path(args.save)
@@ -257,8 +255,6 @@ def main() -> None:
             path.write_text(json.dumps(doc, indent=1))
         return
     if args.step_level:
-        import json
-
         doc = step_level(args)
         if args.save:
             path = Path(args.save)

@@ -7,7 +7,8 @@ checkpoint is the same bytes: :class:`SnapshotLayout` builds it once. A snapshot
 out by decreasing item size so every one is naturally aligned with no gaps. The header carries no
 step or time, so equal weights give byte-identical files.
 
-:class:`CheckpointWriter` owns the thread. Each file is written to a temporary name created
+:class:`CheckpointWriter` owns the thread, which runs at idle priority (``SCHED_IDLE`` on Linux,
+else nice 10) so that writing takes the cycles training leaves free. Each file is written to a temporary name created
 exclusively (``O_EXCL | O_NOFOLLOW``: a planted file or symlink is never followed) and renamed
 into place; the manifest is rewritten once per group of checkpoints (group commit) and lists a
 file only once its data and its rename are durable, under the durability policy ``fsync``
@@ -230,10 +231,17 @@ class CheckpointWriter:
         self._queue.put(batch)
 
     def _run(self) -> None:
-        try:  # Linux applies this to the calling thread only: training keeps the cores it needs
-            os.setpriority(os.PRIO_PROCESS, 0, 10)
+        # Linux applies both to the calling thread only. SCHED_IDLE: the writer runs on cycles
+        # training leaves idle instead of preempting a training thread mid-step (measured with 2
+        # training threads on 2 cores: +10 % step time against +21 % at nice 10); when training
+        # saturates every core the pool's backpressure stops it until the writer catches up.
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (AttributeError, OSError):
-            pass
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, 10)
+            except (AttributeError, OSError):
+                pass
         while True:
             batches = [self._queue.get()]
             while not self._queue.empty():
