@@ -59,3 +59,17 @@ def test_a_claim_with_no_finite_effect_is_not_tested_rather_than_nan():
     row = claim("middle layers", paper="differ", source="A2", effects=[float("nan")], direction=+1)
     assert row["ours"] is None and row["verdict"] is None and row["effect"] is None
     assert "not computable" in row["note"]
+
+
+def test_a_sensitivity_check_says_when_the_verdict_flips():
+    from trajlib.paper.ledger import claim, sensitivity
+
+    row = claim("MDS rises with width", paper="rises (A2)", source="A2", effects=[0.10, 0.12, 0.11], direction=+1)
+    assert row["verdict"] == "agrees"
+    sensitivity(row, {"fixed learning rate": [-0.05, 0.04, 0.01], "uniform schedule": [0.09, 0.10, 0.12]})
+    assert row["verdict"] == "agrees"  # the row's own verdict is unchanged
+    assert row["sensitivity"]["fixed learning rate"]["verdict"] == "inconclusive"
+    assert row["sensitivity"]["uniform schedule"]["verdict"] == "agrees"
+    assert "fixed learning rate: inconclusive" in row["note"] and row["note"].count("(the verdict flips)") == 1
+    untested = claim("x", paper="y", source="A2", effects=[float("nan")], direction=+1)
+    assert "sensitivity" not in sensitivity(untested, {"other": [1.0, 2.0]})

@@ -227,6 +227,28 @@ def test_04_mds_rises_with_width_and_05_scale_homogenises_qkv(ci_book):
     assert results(root, "05-qkv")["claims"][0]["verdict"] in ("agrees", "disagrees", "inconclusive")
 
 
+def test_04_sensitivity_rows_recompute_from_the_variant_table(ci_book):
+    """The scale row is judged again at a fixed learning rate and on the uniform schedule; each
+    alternative's effect is MDS(largest) − MDS(smallest) of its variant, seed by seed."""
+    import pandas as pd
+
+    root, _, _ = ci_book
+    doc = results(root, "04-scale")
+    v = doc["values"]["variants"]
+    v = pd.DataFrame.from_dict(v, orient="index") if isinstance(v, dict) else pd.DataFrame(v)
+    v["label"] = v["label"].astype(str)
+    sens = doc["claims"][0]["sensitivity"]
+    lo, hi = (str(w) for w in (doc["parameters"]["fixed_lr_widths"][0], doc["parameters"]["fixed_lr_widths"][-1]))
+    fixed = v[v["choice"] == "fixed rate, log+linear schedule"].pivot(index="seed", columns="label", values="mds")
+    assert np.isclose(sens[f"fixed rate ({lo} → {hi})"]["mean"], (fixed[hi] - fixed[lo]).mean())
+    widths = [str(w) for w in doc["parameters"]["widths"]]
+    uni = v[v["choice"] == "width-scaled rate, uniform schedule"].pivot(index="seed", columns="label", values="mds")
+    key = f"uniform schedule ({widths[0]} → {widths[-1]})"
+    assert np.isclose(sens[key]["mean"], (uni[widths[-1]] - uni[widths[0]]).mean())
+    assert not np.isclose(sens[key]["mean"], doc["claims"][0]["effect"]["mean"])  # a different reading of the runs
+    assert "fixed rate" in doc["claims"][0]["note"]
+
+
 def test_06_mechanism_claims(ci_book):
     root, _, _ = ci_book
     doc = results(root, "06-oscillation-theory")

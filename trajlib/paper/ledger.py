@@ -148,6 +148,25 @@ def headline(results: list[dict]) -> dict:
     return {"claims": len(rows), **counts, "untested": sum(r.get("verdict") is None for r in rows)}
 
 
+def sensitivity(row: dict, alternatives: dict) -> dict:
+    """Judge ``row``'s claim again under other analysis choices and say in its note how each
+    verdict compares. ``alternatives``: choice (e.g. "fixed learning rate") → per-seed effects
+    with the row's sign convention. Adds ``row["sensitivity"]`` (choice → effect dict) and a note
+    per choice, "… (the verdict flips)" where it differs from the row's own. Returns the row."""
+    if row.get("effect") is None:
+        return row
+    direction, notes = row["effect"]["direction"], []
+    row["sensitivity"] = {}
+    for choice, effects in alternatives.items():
+        e = judge(effects, direction=direction)
+        row["sensitivity"][choice] = e.as_dict()
+        interval = f" [{e.low:+.{row['digits']}f}, {e.high:+.{row['digits']}f}]" if e.n >= 2 else ""
+        flips = " (the verdict flips)" if e.verdict != row["verdict"] else ""
+        notes.append(f"{choice}: {e.verdict}, {e.mean:+.{row['digits']}f}{interval}, n = {e.n}{flips}")
+    row["note"] = "; ".join(x for x in [row.get("note"), *notes] if x)
+    return row
+
+
 def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
     """The ledger as MyST Markdown: the headline (paper claims only), one table per kind of row
     (claim, what the paper says and from where, our effect with its 95 % interval over seeds,
