@@ -59,3 +59,29 @@ def test_style_saves_at_twice_the_screen_dpi_and_restores():
     with plot.style():
         assert plt.rcParams["savefig.dpi"] == 2 * plt.rcParams["figure.dpi"]
     assert plt.rcParams["savefig.dpi"] == before
+
+
+def tick_texts(ax):
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_map_ticks_of_evenly_spaced_labels_are_round_values():
+    C = np.eye(265) * 0.5 + 0.5
+    # a dense map: 265 steps, 22 a epoch, labelled in fractional epochs
+    ax = plot.trajectory_map(C, labels=np.arange(265) / 22)
+    texts = tick_texts(ax)
+    assert texts and all(t.lstrip("-").isdigit() for t in texts), texts
+    assert len(texts) <= 8
+    pos = ax.get_xticks()
+    np.testing.assert_allclose(pos, np.array([float(t) for t in texts]) * 22 + 0.5)  # cell centres
+    # epochs 0..12 on 13 checkpoints: whole numbers at their own cells
+    ax = plot.trajectory_map(np.eye(13), labels=np.arange(13.0))
+    assert all(t.isdigit() for t in tick_texts(ax))
+    np.testing.assert_allclose(ax.get_xticks(), [float(t) + 0.5 for t in tick_texts(ax)])
+
+
+def test_map_ticks_of_a_log_spaced_schedule_name_checkpoints():
+    steps = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 3000])
+    ax = plot.trajectory_map(np.eye(len(steps)), labels=steps, axis_label="step")
+    texts = tick_texts(ax)
+    assert set(texts) <= {str(s) for s in steps} and "0" in texts

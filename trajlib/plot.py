@@ -31,6 +31,30 @@ def _tick_positions(n: int, max_ticks: int) -> np.ndarray:
     return np.arange(0, n, step)
 
 
+def _map_ticks(labels: list, max_ticks: int) -> tuple[np.ndarray, list[str]]:
+    """Tick positions (cell centres at i + 0.5) and texts for the axes of a map.
+
+    Evenly spaced numeric labels (epochs, steps, fractional epochs of a dense map) get ticks at
+    round values (whole numbers when every label is one), placed by linear interpolation; other
+    labels (a log-spaced schedule, names) are shown at every k-th checkpoint."""
+    T = len(labels)
+    try:
+        x = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError):
+        x = None
+    if x is not None and T > 2 and np.all(np.isfinite(x)) and x[-1] > x[0]:
+        span = x[-1] - x[0]
+        if np.all(np.diff(x) >= 0) and np.abs(x - np.linspace(x[0], x[-1], T)).max() <= 0.01 * span:
+            from matplotlib.ticker import MaxNLocator
+
+            values = MaxNLocator(nbins=max(1, max_ticks - 1), integer=_integral(x),
+                                 steps=[1, 2, 2.5, 5, 10]).tick_values(x[0], x[-1])
+            values = values[(values >= x[0] - 1e-9 * span) & (values <= x[-1] + 1e-9 * span)]
+            return (values - x[0]) / span * (T - 1) + 0.5, [_fmt(v) for v in values]
+    ticks = _tick_positions(T, max_ticks)
+    return ticks + 0.5, [_fmt(labels[i]) for i in ticks]
+
+
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         return f"{v:g}"
@@ -62,7 +86,9 @@ def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vm
     ``labels``: one per checkpoint (epochs or steps); ``vmin``/``vmax``: the colour scale
     (pass the same values to maps compared side by side). Maps with more than ``max_cells``
     rows (dense-in-time maps of thousands of steps) are drawn as block means on a
-    ``max_cells`` grid (:func:`block_mean`), one image rather than T² cells.
+    ``max_cells`` grid (:func:`block_mean`), one image rather than T² cells. Evenly spaced
+    numeric labels get at most ``max_ticks`` ticks at round values (whole numbers for epochs and
+    steps); others are written at every k-th checkpoint.
     """
     C = np.asarray(C)
     ax = ax or plt.subplots(figsize=(4.2, 3.6))[1]
@@ -73,14 +99,13 @@ def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vm
                         interpolation="nearest", aspect="equal", rasterized=True)
         if cbar:
             ax.figure.colorbar(img, ax=ax if cbar_ax is None else None, cax=cbar_ax, label=cbar_label)
-        ticks = _tick_positions(T, max_ticks)
     else:
         sns.heatmap(C, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, square=True, cbar=cbar, cbar_ax=cbar_ax,
                     cbar_kws={"label": cbar_label} if cbar else None, xticklabels=False, yticklabels=False,
                     rasterized=True)
-        ticks = _tick_positions(T, max_ticks)
-    ax.set_xticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
-    ax.set_yticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
+    ticks, texts = _map_ticks(labels, max_ticks)
+    ax.set_xticks(ticks, texts, rotation=0)
+    ax.set_yticks(ticks, texts, rotation=0)
     ax.set_xlabel(f"checkpoint {axis_label}")
     ax.set_ylabel(f"checkpoint {axis_label}")
     if title:
