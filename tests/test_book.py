@@ -65,7 +65,7 @@ def test_math_is_rendered_by_the_local_mathjax(ci_book):
     root, _, _ = ci_book
     methods = (html_dir(root) / "methods.html").read_text()
     assert 'class="math' in methods
-    assert 'src="_static/mathjax/tex-chtml.js"' in methods
+    assert 'src="_static/mathjax/tex-chtml.js' in methods  # a rebuild appends ?v=<checksum>
     assert (html_dir(root) / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
     assert list((html_dir(root) / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
 
@@ -183,3 +183,12 @@ def test_figure_pages_offer_their_notebook_for_download_and_no_launch_buttons(ci
         nb = nbformat.read((page.parent / links[0]).resolve(), as_version=4)  # the executed notebook
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
         assert "launch-buttons" not in text and "thebe-launch-button" not in text, page.name
+
+
+def test_figure_pages_show_no_stray_warnings(ci_book):
+    import re
+
+    root, _, _ = ci_book
+    for page in figure_pages(root):
+        found = re.findall(r"\b\w*Warning: [^<]{0,80}", page.read_text())
+        assert not found, f"{page.name}: {found[0]}"

@@ -148,7 +148,11 @@ def _local_kernel_manager(folder: str):
 
         async def _async_pre_start_kernel(self, **kw):
             # progress bars belong to the terminal running the build, not to the rendered pages
-            kw["env"] = {**os.environ, **(kw.get("env") or {}), "TQDM_DISABLE": "1"}
+            # (and tqdm.auto's "IProgress not found": the build's kernel has no widgets to draw them)
+            env = {**os.environ, **(kw.get("env") or {})}
+            quiet = "ignore:IProgress not found"
+            env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
+            kw["env"] = {**env, "TQDM_DISABLE": "1"}
             kw["extra_arguments"] = [*(kw.get("extra_arguments") or []),
                                      f"--InlineBackend.figure_formats={INLINE_FIGURE_FORMAT}"]
             return await super()._async_pre_start_kernel(**kw)
