@@ -65,7 +65,7 @@ def test_math_is_rendered_by_the_local_mathjax(ci_book):
     root, _, _ = ci_book
     methods = (html_dir(root) / "methods.html").read_text()
     assert 'class="math' in methods
-    assert 'src="_static/mathjax/tex-chtml.js"' in methods
+    assert 'src="_static/mathjax/tex-chtml.js' in methods  # a rebuild appends ?v=<checksum>
     assert (html_dir(root) / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
     assert list((html_dir(root) / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
 
@@ -96,3 +96,99 @@ def test_figure_pages_show_one_parameters_toggle_and_no_bookkeeping(ci_book):
     assert html.unescape(page).count("Show this page's parameters") == 1
     assert "write_results(" not in page and "glue_all(" not in page
     assert "TqdmWarning" not in page and "PosixPath(" not in page
+
+
+class Figures(HTMLParser):
+    """Each <img> of a page with its alt text and the caption of the <figure> around it (None if
+    it is in no figure); the links of the page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self._figures: list[dict] = []  # open <figure> elements, innermost last
+        self._in_caption = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "figure":
+            self._figures.append({"caption": ""})
+        elif tag == "figcaption":
+            self._in_caption += 1
+        elif tag == "img":
+            self.images.append({"src": a.get("src", ""), "alt": (a.get("alt") or "").strip(),
+                                "width": a.get("width") or _style_width(a.get("style") or ""),
+                                "figure": self._figures[-1] if self._figures else None})
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag):
+        if tag == "figure" and self._figures:
+            self._figures.pop()
+        elif tag == "figcaption":
+            self._in_caption -= 1
+
+    def handle_data(self, data):
+        if self._in_caption and self._figures:
+            self._figures[-1]["caption"] += data
+
+
+def _style_width(style: str) -> str | None:
+    import re
+
+    m = re.search(r"(?:^|;)\s*width:\s*(\d+)px", style)
+    return m.group(1) if m else None
+
+
+def png_width(path: Path) -> int:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(head[16:20], "big")
+
+
+def figure_pages(root: Path) -> list[Path]:
+    pages = sorted((html_dir(root) / "figures").glob("*.html"))
+    assert pages, "no figure page was built"
+    return pages
+
+
+def test_every_figure_is_captioned_with_alt_text_at_retina_resolution(ci_book):
+    root, _, _ = ci_book
+    for page in figure_pages(root):
+        parser = Figures()
+        parser.feed(page.read_text())
+        assert parser.images, f"{page.name} shows no figure"
+        for img in parser.images:
+            where = f"{page.name}: <img src={img['src']}>"
+            assert img["alt"], f"{where} has no alt text"
+            assert img["figure"] is not None, f"{where} is not in a <figure>"
+            caption = " ".join(img["figure"]["caption"].split())
+            assert caption.startswith("Fig.") and len(caption.split()) >= 8, f"{where}: caption {caption!r}"
+            # retina: the PNG holds twice the pixels of the width it is shown at (rounded down)
+            assert img["width"], f"{where} has no display width"
+            assert png_width((page.parent / img["src"]).resolve()) // 2 == int(img["width"]), where
+
+
+def test_figure_pages_offer_their_notebook_for_download_and_no_launch_buttons(ci_book):
+    import nbformat
+
+    root, _, _ = ci_book
+    for page in figure_pages(root):
+        parser = Figures()
+        text = page.read_text()
+        parser.feed(text)
+        wanted = f"_sources/figures/{page.stem}.ipynb"
+        links = [h for h in parser.links if h.endswith(wanted)]
+        assert links, f"{page.name} offers no download of {page.stem}.ipynb"
+        nb = nbformat.read((page.parent / links[0]).resolve(), as_version=4)  # the executed notebook
+        assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        assert "launch-buttons" not in text and "thebe-launch-button" not in text, page.name
+
+
+def test_figure_pages_show_no_stray_warnings(ci_book):
+    import re
+
+    root, _, _ = ci_book
+    for page in figure_pages(root):
+        found = re.findall(r"\b\w*Warning: [^<]{0,80}", page.read_text())
+        assert not found, f"{page.name}: {found[0]}"

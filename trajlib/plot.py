@@ -19,15 +19,40 @@ MAP_CMAP = "rocket"
 
 @contextlib.contextmanager
 def style(font_scale: float = 0.9):
-    """The book's figure style (seaborn ticks, small fonts), restored on exit."""
+    """The book's figure style (seaborn ticks, small fonts), restored on exit. Figures display at
+    110 dpi and ``savefig`` writes them at twice that, sharp on high-density screens."""
     with sns.axes_style("ticks"), sns.plotting_context("notebook", font_scale=font_scale), \
-            plt.rc_context({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": "medium"}):
+            plt.rc_context({"figure.dpi": 110, "savefig.dpi": 220, "axes.titlesize": "medium"}):
         yield
 
 
 def _tick_positions(n: int, max_ticks: int) -> np.ndarray:
     step = max(1, int(np.ceil(n / max_ticks)))
     return np.arange(0, n, step)
+
+
+def _map_ticks(labels: list, max_ticks: int) -> tuple[np.ndarray, list[str]]:
+    """Tick positions (cell centres at i + 0.5) and texts for the axes of a map.
+
+    Evenly spaced numeric labels (epochs, steps, fractional epochs of a dense map) get ticks at
+    round values (whole numbers when every label is one), placed by linear interpolation; other
+    labels (a log-spaced schedule, names) are shown at every k-th checkpoint."""
+    T = len(labels)
+    try:
+        x = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError):
+        x = None
+    if x is not None and T > 2 and np.all(np.isfinite(x)) and x[-1] > x[0]:
+        span = x[-1] - x[0]
+        if np.all(np.diff(x) >= 0) and np.abs(x - np.linspace(x[0], x[-1], T)).max() <= 0.01 * span:
+            from matplotlib.ticker import MaxNLocator
+
+            values = MaxNLocator(nbins=max(1, max_ticks - 1), integer=_integral(x),
+                                 steps=[1, 2, 2.5, 5, 10]).tick_values(x[0], x[-1])
+            values = values[(values >= x[0] - 1e-9 * span) & (values <= x[-1] + 1e-9 * span)]
+            return (values - x[0]) / span * (T - 1) + 0.5, [_fmt(v) for v in values]
+    ticks = _tick_positions(T, max_ticks)
+    return ticks + 0.5, [_fmt(labels[i]) for i in ticks]
 
 
 def _fmt(v) -> str:
@@ -61,7 +86,9 @@ def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vm
     ``labels``: one per checkpoint (epochs or steps); ``vmin``/``vmax``: the colour scale
     (pass the same values to maps compared side by side). Maps with more than ``max_cells``
     rows (dense-in-time maps of thousands of steps) are drawn as block means on a
-    ``max_cells`` grid (:func:`block_mean`), one image rather than T² cells.
+    ``max_cells`` grid (:func:`block_mean`), one image rather than T² cells. Evenly spaced
+    numeric labels get at most ``max_ticks`` ticks at round values (whole numbers for epochs and
+    steps); others are written at every k-th checkpoint.
     """
     C = np.asarray(C)
     ax = ax or plt.subplots(figsize=(4.2, 3.6))[1]
@@ -72,14 +99,13 @@ def trajectory_map(C: np.ndarray, *, labels: Sequence | None = None, ax=None, vm
                         interpolation="nearest", aspect="equal", rasterized=True)
         if cbar:
             ax.figure.colorbar(img, ax=ax if cbar_ax is None else None, cax=cbar_ax, label=cbar_label)
-        ticks = _tick_positions(T, max_ticks)
     else:
         sns.heatmap(C, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, square=True, cbar=cbar, cbar_ax=cbar_ax,
                     cbar_kws={"label": cbar_label} if cbar else None, xticklabels=False, yticklabels=False,
                     rasterized=True)
-        ticks = _tick_positions(T, max_ticks)
-    ax.set_xticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
-    ax.set_yticks(ticks + 0.5, [_fmt(labels[i]) for i in ticks], rotation=0)
+    ticks, texts = _map_ticks(labels, max_ticks)
+    ax.set_xticks(ticks, texts, rotation=0)
+    ax.set_yticks(ticks, texts, rotation=0)
     ax.set_xlabel(f"checkpoint {axis_label}")
     ax.set_ylabel(f"checkpoint {axis_label}")
     if title:
@@ -119,9 +145,37 @@ def map_grid(maps: Mapping[str, np.ndarray], *, labels: Sequence | Mapping | Non
     return fig, axes
 
 
+def integer_ticks(ax, axis: str = "x"):
+    """Ticks at whole numbers only on ``axis`` ("x", "y" or "both") of ``ax``, for counts such as
+    steps, epochs, widths, layers or seeds; returns the Axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    for name in ("x", "y") if axis == "both" else (axis,):
+        if name not in ("x", "y"):
+            raise ValueError(f"axis must be 'x', 'y' or 'both', got {axis!r}")
+        getattr(ax, f"{name}axis").set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
+def _integral(x: np.ndarray) -> bool:
+    """True when every finite value of ``x`` is a whole number (epochs stored as floats included)."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iub":
+        return True
+    if x.dtype.kind != "f":
+        return False
+    finite = x[np.isfinite(x)]
+    return finite.size > 0 and bool(np.all(finite == np.round(finite)))
+
+
 def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax=None, label: str | None = None,
-                   xlabel: str = "", ylabel: str = "", logx: bool = False, marker: str = "o", **kwargs):
-    """A hallmark against a swept quantity (epoch, batch size, parameter count), optional ±yerr."""
+                   xlabel: str = "", ylabel: str = "", logx: bool = False, marker: str = "o",
+                   integer_x: bool | None = None, **kwargs):
+    """A hallmark against a swept quantity (epoch, batch size, parameter count), optional ±yerr.
+
+    ``integer_x``: ticks at whole numbers only (:func:`integer_ticks`); by default when every x is a
+    whole number on a linear axis (epochs, steps, gaps between checkpoints).
+    """
     ax = ax or plt.subplots(figsize=(4.2, 3.2))[1]
     x, y = np.asarray(x), np.asarray(y)
     ax.plot(x, y, marker=marker, label=label, **kwargs)
@@ -131,6 +185,8 @@ def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax
     if logx:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    elif integer_x or (integer_x is None and _integral(x)):
+        integer_ticks(ax, "x")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     sns.despine(ax=ax)

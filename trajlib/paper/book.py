@@ -129,10 +129,16 @@ def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool,
     return True, time.time() - t0, ""
 
 
+# How the kernel that executes a page renders its figures: PNG at twice the figure's dpi, with the
+# display size in the output's metadata (myst-nb writes it as the <img> width), sharp on high-density
+# screens. The one place this is set for every page; a notebook opened by hand keeps its own setting.
+INLINE_FIGURE_FORMAT = "retina"
+
+
 def _local_kernel_manager(folder: str):
     """A kernel manager that talks to the kernel over local (IPC) sockets in ``folder`` rather
     than TCP on localhost: nothing listens on a port, and the kernel has no plain-text-TCP
-    warning to print for every notebook."""
+    warning to print for every notebook. Its inline figures are :data:`INLINE_FIGURE_FORMAT`."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LocalKernelManager(AsyncKernelManager):
@@ -142,7 +148,13 @@ def _local_kernel_manager(folder: str):
 
         async def _async_pre_start_kernel(self, **kw):
             # progress bars belong to the terminal running the build, not to the rendered pages
-            kw["env"] = {**os.environ, **(kw.get("env") or {}), "TQDM_DISABLE": "1"}
+            # (and tqdm.auto's "IProgress not found": the build's kernel has no widgets to draw them)
+            env = {**os.environ, **(kw.get("env") or {})}
+            quiet = "ignore:IProgress not found"
+            env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
+            kw["env"] = {**env, "TQDM_DISABLE": "1"}
+            kw["extra_arguments"] = [*(kw.get("extra_arguments") or []),
+                                     f"--InlineBackend.figure_formats={INLINE_FIGURE_FORMAT}"]
             return await super()._async_pre_start_kernel(**kw)
 
     return LocalKernelManager
@@ -218,7 +230,7 @@ def benchmark_tables(folder: Path) -> str:
                                              else f"{r['gbps']:.1f} GB/s" if "gbps" in r else ""),
         } for r in d["rows"]]))
     else:
-        out += ["**GPU Gram:** not measured yet: the sessions that built this book had no GPU. "
+        out += ["**GPU Gram:** not measured for these pages. "
                 "`python benchmarks/gpu_gram_bench.py --save book/benchmarks/gpu_gram_bench.json` on a CUDA "
                 "machine fills this table; the fused kernel's correctness is tested on the CPU through "
                 "Triton's interpreter."]

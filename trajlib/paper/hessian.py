@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +58,19 @@ def top_eigenvector(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, iters
     v = {n: t / norm for n, t in v.items()}
     lam = 0.0
     try:
-        for _ in range(iters):
-            hv = hvp(v)
-            new = float(sum((hv[n] * v[n]).sum() for n in names))  # Rayleigh quotient
-            norm = torch.sqrt(sum((t ** 2).sum() for t in hv.values()))
-            v = {n: t / norm for n, t in hv.items()}
-            if abs(new - lam) <= tol * abs(new):
+        with warnings.catch_warnings():
+            # torch's first jvp builds its decompositions with torch.jit.script, which warns about
+            # its own deprecation: not something the caller can act on
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+            for _ in range(iters):
+                hv = hvp(v)
+                new = float(sum((hv[n] * v[n]).sum() for n in names))  # Rayleigh quotient
+                norm = torch.sqrt(sum((t ** 2).sum() for t in hv.values()))
+                v = {n: t / norm for n, t in hv.items()}
+                if abs(new - lam) <= tol * abs(new):
+                    lam = new
+                    break
                 lam = new
-                break
-            lam = new
     finally:
         model.train(was_training)
         for m in norms:
