@@ -16,7 +16,7 @@ file only once its data and its rename are durable, under the durability policy 
 
 * ``"interval"`` (default): the files of a group are written without waiting for the disk, then
   made durable together at the group's commit (:func:`sync_files`: one ``syncfs`` of the run's
-  file system on Linux ≥ 5.8, measured 4× cheaper than 50 fsyncs; one fsync per file elsewhere),
+  file system on Linux ≥ 5.8, which reports write-back errors there; one fsync per file elsewhere),
   then the directory, then the manifest.
 * ``"always"``: each file is fsynced before its rename and committed on its own.
 * ``"never"``: no fsync of checkpoint files (the manifest is still written atomically): after a
