@@ -18,7 +18,8 @@ def test_a_trajectory_that_turns_then_stops_saturates_where_it_stops():
     # θ turns from e1 towards e2 over the first 4 steps, then stays put for 6 more
     angles = np.concatenate([np.linspace(0, np.pi / 2, 5), np.full(6, np.pi / 2)])
     X = np.stack([np.cos(angles), np.sin(angles), np.full_like(angles, 1e-3) * np.arange(11)], axis=1)
-    table = saturation_table({("turn", 0): stats_of(X, np.arange(11) * 10)}, tol=0.05, initial_phase=0.5)
+    table = saturation_table({("turn", 0): stats_of(X, np.arange(11) * 10)}, tol=0.05, relative=False,
+                             initial_phase=0.5)
     row = table.iloc[0]
     curve = H.prefix_mds(H.gram_from_checkpoints(X))
     k = H.saturation_index(curve, tol=0.05)
@@ -28,7 +29,12 @@ def test_a_trajectory_that_turns_then_stops_saturates_where_it_stops():
     assert row["gap"] == pytest.approx(abs(curve[4] - curve[-1]))  # the prefix ending at step 50
     # a straight line from θ_0 outwards is saturated from the start: every cosine is 1
     line = np.outer(1 + np.arange(6.0), [1.0, 2.0])
-    assert saturation_table({("line", 0): stats_of(line, np.arange(6))}, tol=1e-9)["saturation_fraction"].item() == 0.2
+    assert saturation_table({("line", 0): stats_of(line, np.arange(6))}, tol=1e-9,
+                            relative=False)["saturation_fraction"].item() == 0.2
+    # relative: the band is tol × (1 − MDS), the same standard for runs at different MDS levels
+    rel = saturation_table({("turn", 0): stats_of(X, np.arange(11) * 10)}, tol=0.2).iloc[0]
+    assert rel["band"] == pytest.approx(0.2 * (1 - curve[-1]))
+    assert rel["saturation_step"] == (H.saturation_index(curve, tol=rel["band"]) + 1) * 10
 
 
 def test_dead_end_grid_and_profiles():
