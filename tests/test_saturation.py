@@ -27,6 +27,7 @@ def test_a_trajectory_that_turns_then_stops_saturates_where_it_stops():
     assert row["effect"] == pytest.approx(0.5 - (k + 1) / 10) and row["mds"] == pytest.approx(H.mds(H.gram_from_checkpoints(X)))
     assert all(abs(curve[j] - curve[-1]) <= 0.05 for j in range(k, len(curve))) and abs(curve[k - 1] - curve[-1]) > 0.05
     assert row["gap"] == pytest.approx(abs(curve[4] - curve[-1]))  # the prefix ending at step 50
+    assert row["min_fraction"] == pytest.approx((np.argmin(curve) + 1) / 10)
     # a straight line from θ_0 outwards is saturated from the start: every cosine is 1
     line = np.outer(1 + np.arange(6.0), [1.0, 2.0])
     assert saturation_table({("line", 0): stats_of(line, np.arange(6))}, tol=1e-9,

@@ -38,7 +38,8 @@ def saturation_table(run_stats: dict, *, tol: float, relative: bool = True, init
     levels are held to the same standard), else ``tol`` in MDS units. ``saturation_fraction``:
     that step over the last step; ``effect``: ``initial_phase`` − fraction (positive: it saturates
     within the initial phase, the paper's direction); ``gap``: |prefix MDS at ``initial_phase`` −
-    full MDS|; ``band``: the band's half-width.
+    full MDS|; ``band``: the band's half-width; ``min_prefix_mds`` and ``min_fraction``: the
+    curve's minimum and where it falls.
     """
     rows = []
     for (label, seed), stats in run_stats.items():
@@ -49,6 +50,7 @@ def saturation_table(run_stats: dict, *, tol: float, relative: bool = True, init
         k = H.saturation_index(curve, tol=band)
         at_phase = curve[min(np.searchsorted(frac, initial_phase), len(curve) - 1)]
         rows.append({"label": label, "seed": seed, "mds": float(curve[-1]), "min_prefix_mds": float(curve.min()),
+                     "min_fraction": float(frac[np.argmin(curve)]),
                      "saturation_step": int(steps[k + 1]), "saturation_fraction": float(frac[k]),
                      "effect": float(initial_phase - frac[k]), "gap": float(abs(at_phase - curve[-1])),
                      "band": float(band)})
