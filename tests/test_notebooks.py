@@ -351,8 +351,9 @@ def test_09_dead_ends_stall_and_saturation_recomputes_from_the_runs(ci_book):
     fractions = []
     for run in sorted((root / "book" / "figures" / "runs").glob(f"{name}-*")):
         config = json.loads((run / "config.json").read_text())
-        if config["model"] != p["model"] or config["lr"] != p["lr"] or "bn_init" in config["model_kwargs"]:
-            continue  # not a healthy CNN run
+        if (config["model"], config["lr"], config["epochs"], config["model_kwargs"]) != \
+                (p["model"], p["lr"], p["epochs"], {"width": p["width"]}):
+            continue  # not a healthy CNN run of this page's preset
         stats = trajlib.gram(trajlib.open_trajectory(run), cache=False, progress=False)
         curve = H.prefix_mds(stats["all"])
         assert curve.min() < curve[-1] - 1e-3 < curve[0]  # dips, then climbs back
