@@ -117,3 +117,46 @@ def test_missing_data_folders_name_the_expected_layout(tmp_path, monkeypatch):
         data.cifar10()
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         load_data("mnist")
+
+
+def test_tiny_vit_tokens_shapes_and_seeded_init():
+    from trajlib.paper.models import TinyViT
+
+    m = build_model("tiny_vit", seed=1, dataset="digits")
+    assert isinstance(m, TinyViT) and m(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    assert m.pos.shape == (1, 4 + 1, 32)  # four 4×4 patches and the class token
+    assert m.embed(torch.randn(2, 1, 8, 8)).flatten(2).shape == (2, 32, 4)
+    assert TinyViT(patch=2, dim=16, heads=2)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert build_model("tiny_vit", seed=0, dataset="cifar10")(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    again = build_model("tiny_vit", seed=1, dataset="digits")
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), again.parameters()))
+    with pytest.raises(ValueError, match="divisible by patch=3"):
+        TinyViT(patch=3)
+    # the class token sees the patches: changing one pixel changes the output
+    x = torch.randn(1, 1, 8, 8)
+    y = x.clone()
+    y[0, 0, 7, 7] += 1.0
+    m.eval()
+    assert not torch.allclose(m(x), m(y))
+
+
+def test_a_dead_initialisation_passes_no_gradient_to_the_weights():
+    m = build_model("small_cnn", seed=0, dataset="digits", width=4, bn_init=0.0)
+    assert all(float(bn.weight.abs().max()) == 0 for bn in m.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    loss = torch.nn.functional.cross_entropy(m(torch.randn(8, 1, 8, 8)), torch.arange(8))
+    loss.backward()
+    grads = {n: float(p.grad.abs().max()) for n, p in m.named_parameters()}
+    assert grads["head.bias"] > 0
+    assert all(g == 0 for n, g in grads.items() if n != "head.bias"), grads
+    healthy = build_model("small_cnn", seed=0, dataset="digits", width=4)
+    torch.nn.functional.cross_entropy(healthy(torch.randn(8, 1, 8, 8)), torch.arange(8)).backward()
+    assert float(healthy.features[0].weight.grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="TinyViT has no BatchNorm"):
+        build_model("tiny_vit", seed=0, dataset="digits", bn_init=0.0)
+
+
+def test_vit_b_16_is_the_named_paper_model():
+    from trajlib.paper.runs import MODELS
+    from trajlib.paper.models import vit_b_16
+
+    assert MODELS["vit_b_16"] is vit_b_16  # constructed only by the paper preset (86M parameters)

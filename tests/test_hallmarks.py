@@ -106,3 +106,31 @@ def test_zero_updates_give_nan_not_crashes():
     G = gram_of(X)
     assert np.isnan(H.update_map(G)[1, 0])
     assert np.isfinite(H.update_mds(G))
+
+
+@settings(max_examples=40, deadline=None)
+@given(trajectories)
+def test_prefix_mds_is_the_mds_of_each_prefix(X):
+    assume(nondegenerate(X))
+    direct = [H.mds(gram_of(X[: k + 1])) for k in range(1, len(X))]
+    np.testing.assert_allclose(H.prefix_mds(gram_of(X)), direct, atol=1e-12)
+    assert H.prefix_mds(gram_of(X))[-1] == pytest.approx(H.mds(gram_of(X)), abs=1e-12)
+
+
+def test_prefix_mds_of_a_known_trajectory():
+    # θ_0 = e1, then e2 and e2 again: C_01 = 0, C_02 = 0, C_12 = 1 → prefixes 0, then 1/3
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0 + 1e-9]])
+    np.testing.assert_allclose(H.prefix_mds(gram_of(X)), [0.0, 1 / 3], atol=1e-9)
+
+
+def test_saturation_index_is_the_first_step_after_which_the_curve_stays_in_the_band():
+    y = [1.0, 0.5, 0.2, 0.31, 0.3, 0.3]
+    assert H.saturation_index(y, tol=0.15) == 2
+    assert H.saturation_index(y, tol=0.05) == 3
+    assert H.saturation_index(y, tol=0.005) == 4   # 0.31 is outside a band of 0.005
+    assert H.saturation_index(y, tol=1.0) == 0
+    assert H.saturation_index([0.0, 1.0, 0.0], tol=0.5) == 2  # left the band late: saturates at the end
+    with pytest.raises(ValueError, match="non-negative"):
+        H.saturation_index(y, tol=-1)
+    with pytest.raises(ValueError, match="finite"):
+        H.saturation_index([1.0, np.nan], tol=0.1)

@@ -347,3 +347,40 @@ def test_08_reads_page_02_runs_without_retraining(ci_book):
     ratios = doc["values"]["explained_variance_ratio"]
     assert set(ratios) == {"momentum + wd", "momentum only", "wd only", "neither"}
     assert all(0 < sum(r) <= 1 + 1e-9 for r in ratios.values())
+
+
+def test_09_dead_ends_stall_and_saturation_recomputes_from_the_runs(ci_book):
+    """At ci, on every seed: both dead ends stall near chance and barely turn (MDS above 0.99 and
+    above the healthy run's) while the healthy CNN and the ViT learn; the healthy CNN's prefix
+    MDS dips and climbs back, settling only after the initial phase (the row disagrees), and
+    the saturation row recomputes from the runs on disk."""
+    root, _, _ = ci_book
+    name = "09-saturation-dead-ends"
+    doc = results(root, name)
+    p = doc["parameters"]
+    runs = _per_run(root, name)
+    acc = runs.pivot(index="seed", columns="label", values="final_accuracy").astype(float)
+    mds = runs.pivot(index="seed", columns="label", values="mds").astype(float)
+    assert (acc["healthy"] > 0.8).all() and (acc["ViT"] > 0.5).all(), acc
+    for dead in ("lr too small", "dead init"):
+        assert (acc[dead] < 0.2).all() and (mds[dead] > 0.99).all() and (mds[dead] > mds["healthy"]).all(), dead
+    cnn, vit, small, dead, vit_vs_cnn = doc["claims"]
+    assert cnn["kind"] == vit["kind"] == "paper" and cnn["effect"]["n"] == vit["effect"]["n"] == p["seeds"]
+    assert vit["verdict"] in ("agrees", "disagrees", "inconclusive")
+    for row in (small, dead, vit_vs_cnn):
+        assert row["kind"] == "property" and row["verdict"] is None
+    assert small["effect"]["low"] > 0 and dead["effect"]["low"] > 0
+    fractions = []
+    for run in sorted((root / "book" / "figures" / "runs").glob(f"{name}-*")):
+        config = json.loads((run / "config.json").read_text())
+        if (config["model"], config["lr"], config["epochs"], config["model_kwargs"]) != \
+                (p["model"], p["lr"], p["epochs"], {"width": p["width"]}):
+            continue  # not a healthy CNN run of this page's preset
+        stats = trajlib.gram(trajlib.open_trajectory(run), cache=False, progress=False)
+        curve = H.prefix_mds(stats["all"])
+        assert curve.min() < curve[-1] - 1e-3 < curve[0]  # dips, then climbs back
+        k = H.saturation_index(curve, tol=p["saturation_tol"] * (1 - curve[-1]))
+        fractions.append(stats.steps[k + 1] / stats.steps[-1])
+    assert len(fractions) == p["seeds"] and all(f > p["initial_phase"] for f in fractions), fractions
+    assert cnn["effect"]["mean"] == pytest.approx(p["initial_phase"] - np.mean(fractions), abs=1e-12)
+    assert cnn["verdict"] == "disagrees"

@@ -86,6 +86,35 @@ def mds(G: np.ndarray) -> float:
     return mean_offdiagonal(trajectory_map(G))
 
 
+def prefix_mds(G: np.ndarray) -> np.ndarray:
+    """MDS of the growing prefix θ_0..θ_k for k = 1..T-1, (T-1,); the last entry is ``mds(G)``.
+
+    A prefix's map is the top-left block of the full map (a cosine depends only on its two
+    checkpoints), so every prefix comes from one map by cumulative sums: the mean of C_ij over
+    i ≠ j ≤ k. When this curve stops changing, adding checkpoints no longer changes the
+    trajectory's directionality (the ICLR abstract: it saturates by the initial phase; notebook 09).
+    """
+    C = trajectory_map(G)
+    ok = np.isfinite(C) & ~np.eye(len(C), dtype=bool)
+    total = np.cumsum(np.cumsum(np.where(ok, C, 0.0), axis=0), axis=1).diagonal()[1:]
+    count = np.cumsum(np.cumsum(ok, axis=0), axis=1).diagonal()[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def saturation_index(curve, *, tol: float) -> int:
+    """The first index k after which ``curve`` stays within ``tol`` (absolute) of its last value:
+    |curve[j] − curve[-1]| ≤ tol for every j ≥ k. 0 if it never leaves the band; len − 1 if it
+    enters it only at the end. Applied to :func:`prefix_mds` (notebook 09)."""
+    y = np.asarray(curve, dtype=np.float64)
+    if y.ndim != 1 or len(y) == 0 or not np.isfinite(y).all():
+        raise ValueError(f"expected a non-empty 1-d curve of finite values, got shape {y.shape}")
+    if not tol >= 0:
+        raise ValueError(f"tol={tol!r}: expected a non-negative tolerance")
+    outside = np.flatnonzero(np.abs(y - y[-1]) > tol)
+    return int(outside[-1] + 1) if len(outside) else 0
+
+
 def mds_full(G: np.ndarray) -> float:
     """Mean of C_ij over all i, j, diagonal included: (T-1)/T · mds + 1/T."""
     return float(np.nanmean(trajectory_map(G)))

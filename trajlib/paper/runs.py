@@ -33,6 +33,7 @@ log = logging.getLogger("trajlib.paper.runs")
 MODELS = {
     "small_cnn": models.SmallCNN, "cifar_resnet": models.CifarResNet, "resnet20": models.resnet20,
     "vgg": models.VGG, "vgg16": models.vgg16, "mlp": models.MLP, "resnet50": models.resnet50,
+    "tiny_vit": models.TinyViT, "vit_b_16": models.vit_b_16,
 }
 DATASETS = ("digits", "cifar10", "imagenet")
 
@@ -99,19 +100,25 @@ def load_data(dataset: str, *, seed: int = 0, data_root: str | None = None):
     raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
-def build_model(name: str, *, seed: int, dataset: str, **kwargs) -> torch.nn.Module:
-    """A model from :data:`MODELS`, initialised under ``seed``; input channels follow the dataset."""
+def build_model(name: str, *, seed: int, dataset: str, bn_init: float | None = None, **kwargs) -> torch.nn.Module:
+    """A model from :data:`MODELS`, initialised under ``seed``; input channels follow the dataset.
+    ``bn_init``: every BatchNorm scale set to this value after initialisation (0: notebook 09's
+    dead initialisation, :func:`~trajlib.paper.models.set_bn_scale`)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    if name in ("small_cnn", "cifar_resnet", "vgg", "vgg16") and "in_channels" not in kwargs:
+    if name in ("small_cnn", "cifar_resnet", "vgg", "vgg16", "tiny_vit") and "in_channels" not in kwargs:
         kwargs["in_channels"] = 1 if dataset == "digits" else 3
-    if name == "resnet50" and dataset == "cifar10":
+    if name == "tiny_vit" and dataset == "cifar10":
+        kwargs.setdefault("image_size", 32)
+        kwargs.setdefault("patch", 4)
+    if name in ("resnet50", "vit_b_16") and dataset == "cifar10":
         kwargs.setdefault("num_classes", 10)
     if name == "mlp" and dataset == "digits":
         kwargs.setdefault("in_features", 64)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG is untouched
         torch.manual_seed(seed)
-        return MODELS[name](**kwargs)
+        model = MODELS[name](**kwargs)
+    return model if bn_init is None else models.set_bn_scale(model, bn_init)
 
 
 def run_classification(runs_dir, *, name: str, model: str, dataset: str = "digits", seed: int = 0,
