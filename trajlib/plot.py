@@ -153,7 +153,7 @@ def lengths(curves, *, x: str = "epoch", ax=None, xlabel: str | None = None, log
     if logy:  # ‖θ_0 − θ_0‖ = 0 has no place on a log scale
         dist = np.where(dist > 0, dist, np.nan)
     ax.plot(t, dist, marker=".", color="C2", label="‖θ_t − θ₀‖")
-    ax.plot(0.5 * (t[:-1] + t[1:]), step, marker=".", color="C1", label="‖u_t‖ = ‖θ_{t+1} − θ_t‖")
+    ax.plot(0.5 * (t[:-1] + t[1:]), step, marker=".", color="C1", label="‖u_t‖ = ‖θ_t+1 − θ_t‖")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel or x)
