@@ -249,6 +249,57 @@ def test_04_sensitivity_rows_recompute_from_the_variant_table(ci_book):
     assert "fixed rate" in doc["claims"][0]["note"]
 
 
+def test_05_middle_layer_row_is_judged_on_the_deeper_model_and_recomputes(ci_book):
+    """The middle-layer claim is judged on 05's deeper model (deep_layers layers, deep_seeds seeds),
+    and its effect and interval recompute from the per-layer table the page recorded."""
+    import pandas as pd
+
+    from trajlib.paper.qkv import qkv_spread
+    from trajlib.paper.verdict import t_interval
+
+    root, _, _ = ci_book
+    doc = results(root, "05-qkv")
+    p = doc["parameters"]
+    deep = pd.DataFrame.from_dict(doc["values"]["qkv_deep"], orient="index")
+    assert deep["layer"].nunique() == p["deep_layers"] > doc["parameters"]["family"]["layers"]
+    assert deep["seed"].nunique() == p["deep_seeds"] >= 3
+    row = doc["claims"][0]
+    assert f"{p['deep_layers']}-layer model" in row["claim"] and row["kind"] == "paper"
+    gaps = [(lambda s: s["middle"] - s["outer"])(qkv_spread(g).iloc[0]) for _, g in deep.groupby("seed")]
+    mean, low, high = t_interval(gaps)
+    assert row["effect"]["n"] == p["deep_seeds"]
+    assert (row["effect"]["mean"], row["effect"]["low"], row["effect"]["high"]) == pytest.approx((mean, low, high))
+    assert row["verdict"] in ("agrees", "disagrees", "inconclusive")
+    by_layer = pd.DataFrame.from_dict(doc["values"]["spread_by_layer"], orient="index")
+    mine = by_layer[by_layer["label"] == f"{p['deep_layers']} layers"]
+    assert len(mine) == p["deep_layers"] and (mine["n"] == p["deep_seeds"]).all()
+    assert ((mine["low"] <= mine["mean"]) & (mine["mean"] <= mine["high"])).all()
+    shallow = doc["claims"][2]  # the family's smallest model, for comparison: a property
+    assert shallow["kind"] == "property" and shallow["verdict"] is None
+
+
+def test_01_lengths_and_relative_rows_recompute(ci_book):
+    """Page 01's lengths table and its relative-map and straightness rows, from the run itself."""
+    root, _, _ = ci_book
+    doc = results(root, "01-trajectory-map")
+    (run,) = sorted((root / "book" / "figures" / "runs").glob("01-trajectory-map-*"))
+    stats = trajlib.gram(trajlib.open_trajectory(run), cache=False, progress=False)
+    lengths = list(doc["values"]["lengths"].values())
+    np.testing.assert_allclose([v["param_norm"] for v in lengths], H.param_norm(stats["all"]), rtol=1e-9)
+    np.testing.assert_allclose([v["distance_from_init"] for v in lengths], H.distance_from_init(stats["all"]),
+                               rtol=1e-9, atol=1e-12)
+    rows = {r["claim"].split(":")[0]: r for r in doc["claims"]}
+    straight = rows["Straightness"]
+    assert straight["kind"] == "property" and straight["verdict"] is None
+    assert straight["ours"] == pytest.approx(H.displacement(stats["all"]) / H.path_length(stats["all"]))
+    assert 0 < straight["ours"] <= 1
+    assert doc["values"]["relative_mds"] == pytest.approx(H.relative_mds(stats["all"]))
+    tenth = max(1, int(np.searchsorted(stats.steps, 0.1 * stats.steps[-1])))  # the first checkpoint past 10 %
+    d = [np.sqrt(H.displacement_gram(stats["all"])[i, i]) for i in (tenth, stats.T - 1)]
+    cos = H.displacement_gram(stats["all"])[tenth, -1] / (d[0] * d[1])
+    assert rows["Direction from θ₀ set in the initial phase"]["ours"] == pytest.approx(cos, abs=1e-9)
+
+
 def test_06_mechanism_claims(ci_book):
     root, _, _ = ci_book
     doc = results(root, "06-oscillation-theory")

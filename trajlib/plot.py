@@ -193,6 +193,32 @@ def hallmark_curve(x: Sequence, y: Sequence, *, yerr: Sequence | None = None, ax
     return ax
 
 
+def lengths(curves, *, x: str = "epoch", ax=None, xlabel: str | None = None, logy: bool = True):
+    """‖θ_t‖, the distance from initialisation ‖θ_t − θ_0‖ and the step norms ‖u_t‖ against time.
+
+    ``curves``: the table of :func:`trajlib.hallmarks.per_checkpoint` (columns ``param_norm``,
+    ``distance_from_init``, ``step_norm`` and ``x``); u_t = θ_{t+1} − θ_t is drawn at the midpoint
+    of the interval it spans. ``logy``: a log scale, since step norms shrink by orders of magnitude
+    as the learning rate decays. Notebook 01; returns the Axes.
+    """
+    ax = ax or plt.subplots(figsize=(4.4, 3.2))[1]
+    t = np.asarray(curves[x], dtype=np.float64)
+    step = np.asarray(curves["step_norm"], dtype=np.float64)[:-1]  # u_t sits on row t; the last row has none
+    ax.plot(t, curves["param_norm"], marker=".", color="C0", label="‖θ_t‖")
+    dist = np.asarray(curves["distance_from_init"], dtype=np.float64)
+    if logy:  # ‖θ_0 − θ_0‖ = 0 has no place on a log scale
+        dist = np.where(dist > 0, dist, np.nan)
+    ax.plot(t, dist, marker=".", color="C2", label="‖θ_t − θ₀‖")
+    ax.plot(0.5 * (t[:-1] + t[1:]), step, marker=".", color="C1", label="‖u_t‖ = ‖θ_t+1 − θ_t‖")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel("Euclidean norm")
+    ax.legend(fontsize="small")
+    sns.despine(ax=ax)
+    return ax
+
+
 def loss_plane(alphas: Sequence[float], betas: Sequence[float], Z: np.ndarray, coords: np.ndarray, *,
                labels: Sequence | None = None, explained: Sequence[float] | None = None, ax=None,
                levels: int = 14, log: bool = True, vmin: float | None = None, vmax: float | None = None,

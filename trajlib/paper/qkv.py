@@ -1,13 +1,25 @@
 """Q/K/V analysis tables of notebook 05: per-layer MDS of the query, key and value slices of
-GPT-NeoX attention layers (groups ``qkv`` of :mod:`trajlib.groups`), and their spread by depth."""
+GPT-NeoX attention layers (groups ``qkv`` of :mod:`trajlib.groups`), their spread by depth with
+its interval over seeds, and the per-layer Q/K/V trajectory maps."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
-from ..hallmarks import mds, relative_mds
+from ..hallmarks import mds, relative_mds, trajectory_map
+from .verdict import t_interval
+
+QKV_GROUP = re.compile(r"(.*)\.(\d+)\.attention\.([qkv])")
+
+
+def _qkv_groups(st, label) -> list[tuple[re.Match, str]]:
+    found = [(m, g) for g in st.groups if (m := QKV_GROUP.fullmatch(g))]
+    if not found:
+        raise ValueError(f"{label}: no qkv groups in these stats; compute them with groups=['qkv']")
+    return found
 
 
 def qkv_table(stats: dict) -> pd.DataFrame:
@@ -18,9 +30,7 @@ def qkv_table(stats: dict) -> pd.DataFrame:
     """
     rows = []
     for (label, seed), st in stats.items():
-        found = [(m, g) for g in st.groups if (m := re.fullmatch(r"(.*)\.(\d+)\.attention\.([qkv])", g))]
-        if not found:
-            raise ValueError(f"{label}: no qkv groups in these stats; compute them with groups=['qkv']")
+        found = _qkv_groups(st, label)
         n_layers = 1 + max(int(m.group(2)) for m, _ in found)
         for m, g in found:
             layer = int(m.group(2))
@@ -46,3 +56,31 @@ def qkv_spread(qkv: pd.DataFrame) -> pd.DataFrame:
                      "outer": g.loc[~middle, "spread"].mean() if (~middle).any() else float("nan"),
                      "furthest": f.iloc[0].upper() if len(f) else ""})
     return pd.DataFrame(rows)
+
+
+def spread_by_layer(qkv: pd.DataFrame) -> pd.DataFrame:
+    """Per label and layer: the spread max − min of the Q, K and V MDS of each seed, its mean over
+    seeds and 95 % t-interval (:func:`trajlib.paper.verdict.t_interval`; NaN bounds with one seed).
+
+    Columns: label, layer, depth, mean, low, high, n. Notebook 05.
+    """
+    per_seed = qkv.pivot_table(index=["label", "seed", "layer", "depth"], columns="part", values="mds",
+                               sort=False)
+    spread = (per_seed.max(axis=1) - per_seed.min(axis=1)).rename("spread").reset_index()
+    rows = []
+    for (label, layer, depth), g in spread.groupby(["label", "layer", "depth"], sort=False):
+        mean, low, high = t_interval(g["spread"].to_numpy())
+        rows.append({"label": label, "layer": layer, "depth": depth, "mean": mean, "low": low, "high": high,
+                     "n": int(np.isfinite(g["spread"]).sum())})
+    return pd.DataFrame(rows).sort_values(["label", "layer"], kind="stable").reset_index(drop=True)
+
+
+def qkv_maps(st, *, layers=None) -> dict[str, np.ndarray]:
+    """Trajectory maps of the Q, K and V slices of each attention layer of one run, in the order
+    layer 0 Q, K, V, layer 1 Q, ...: {"layer i · Q\\nMDS m": (T, T) map}, ready for
+    :func:`trajlib.plot.map_grid` with ``ncols=3``. ``layers``: which layers (all by default).
+    Notebook 05."""
+    found = sorted(((int(m.group(2)), "qkv".index(m.group(3)), g) for m, g in _qkv_groups(st, "stats")))
+    keep = None if layers is None else {int(x) for x in layers}
+    return {f"layer {layer} · {g[-1].upper()}\nMDS {mds(st[g]):.3f}": trajectory_map(st[g])
+            for layer, _, g in found if keep is None or layer in keep}
