@@ -73,3 +73,27 @@ def test_a_sensitivity_check_says_when_the_verdict_flips():
     assert "fixed learning rate: inconclusive" in row["note"] and row["note"].count("(the verdict flips)") == 1
     untested = claim("x", paper="y", source="A2", effects=[float("nan")], direction=+1)
     assert "sensitivity" not in sensitivity(untested, {"other": [1.0, 2.0]})
+
+
+def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds():
+    from trajlib.paper.verdict import paired_difference
+
+    values = {(32, 0): 0.5, (32, 1): 0.6, (32, 2): 0.7, (128, 0): 0.9, (128, 2): 0.4}
+    d = paired_difference(values, 32, 128)
+    assert list(d.index) == [0, 2] and np.allclose(d.to_numpy(), [0.4, -0.3])
+
+
+def test_uniform_checkpoints_keep_the_multiples_and_match_a_direct_gram():
+    from trajlib import hallmarks as H
+    from trajlib.paper.runs import uniform_checkpoints
+    from trajlib.record import log_linear_steps
+    from trajlib.stats import GramStats
+
+    steps = np.array(log_linear_steps(60, every=20))
+    rng = np.random.default_rng(1)
+    X = np.cumsum(rng.normal(size=(len(steps), 40)), axis=0)
+    st = GramStats(steps, np.full(len(steps), np.nan), {"all": H.gram_from_checkpoints(X)}, {"all": 40})
+    u = uniform_checkpoints(st, 20)
+    keep = steps % 20 == 0
+    assert list(u.steps) == [0, 20, 40, 60] and len(steps) > 4
+    assert np.allclose(u["all"], H.gram_from_checkpoints(X[keep]), rtol=1e-9, atol=1e-9)

@@ -233,6 +233,12 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
     return Sweep(pd.DataFrame(rows), runs, run_stats)
 
 
+def uniform_checkpoints(stats, every: int):
+    """``stats`` (GramStats) read at the checkpoints whose step is a multiple of ``every`` only:
+    a log+linear schedule without its dense early part (no re-reading, see GramStats.select)."""
+    return stats.select([i for i, s in enumerate(stats.steps) if int(s) % every == 0])
+
+
 def char_lm_family(runs_dir, *, widths, seeds, groups, base_lr: float, base_width: int,
                    lr_width_exponent: float, name: str = "04-scale", **train_kwargs) -> dict:
     """Tiny GPT-NeoX models of the given ``widths`` trained here on the pydoc corpus, with

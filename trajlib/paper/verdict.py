@@ -63,3 +63,12 @@ def judge(effects: Sequence[float], *, direction: int) -> Effect:
     else:
         verdict = "inconclusive"
     return Effect(mean, low, high, n, direction, verdict)
+
+
+def paired_difference(values: dict, low, high):
+    """Per-seed effects ``values[(high, seed)] − values[(low, seed)]`` for the seeds both labels
+    have, from {(label, seed): number}; a pandas Series indexed by seed."""
+    import pandas as pd
+
+    seeds = sorted({s for (label, s) in values if label == low} & {s for (label, s) in values if label == high})
+    return pd.Series([values[(high, s)] - values[(low, s)] for s in seeds], index=seeds, dtype=float)
