@@ -97,6 +97,48 @@ def test_a_full_disk_keeps_every_finished_checkpoint_and_recording_continues(tmp
     assert list(traj.steps) == recorded
 
 
+FULL_DISK_GROUP = textwrap.dedent("""
+    import json, sys, torch, trajlib
+    from trajlib.manifest import TrajectoryError
+    torch.manual_seed(0)
+    model = torch.nn.Linear(100, 100)  # 40 KB a checkpoint
+    rec = trajlib.Recorder(model, sys.argv[1], every=1, flush_interval=3600.0)  # one group for all
+    rec.flush()
+    for step in range(1, 81):
+        with torch.no_grad():
+            model.weight.add_(0.01)
+        rec.step(step)
+    try:
+        rec.flush()
+        message = ""
+    except TrajectoryError as exc:
+        message = str(exc)
+    rec.close()
+    print(json.dumps({"recorded": [int(s) for s in trajlib.open_trajectory(sys.argv[1], verify=True).steps],
+                      "message": message}))
+""")
+
+
+@pytest.mark.skipif(not _tmpfs_available(), reason="needs root and unshare -m to mount a small tmpfs")
+def test_a_full_disk_inside_one_group_keeps_the_checkpoints_that_fit(tmp_path):
+    """One group of 80 checkpoints (3.2 MB) on a 2 MB tmpfs: the files that fit are written,
+    then the manifest cannot be: the group's newest files are dropped until it fits, so the first
+    ones stay listed (not the whole group lost); the dropped steps are named."""
+    (tmp_path / "script.py").write_text(FULL_DISK_GROUP)
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    cmd = f"mount -t tmpfs -o size=2m tmpfs {mnt} && {sys.executable} {tmp_path / 'script.py'} {mnt / 'run'}"
+    out = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "No space left" in report["message"], "the disk never filled: the test did not inject the fault"
+    recorded = report["recorded"]
+    assert recorded == list(range(len(recorded))) and len(recorded) > 20, recorded  # θ_0 and the group's first
+    named = report["message"].split("checkpoint(s) of step ", 1)[1].split(" not saved", 1)[0]
+    assert {int(x) for x in named.split(", ")} == set(range(len(recorded), 81))  # each lost step named
+
+
 def test_caught_write_errors_never_hang_training(tmp_path, monkeypatch):
     """Failed snapshots give their buffers back: with a pool of two buffers, twenty failing
     saves caught by the caller and then good ones all return."""
@@ -128,25 +170,15 @@ def test_caught_write_errors_never_hang_training(tmp_path, monkeypatch):
     assert list(trajlib.open_trajectory(tmp_path / "r").steps) == [0, 21, 22, 23, 24]
 
 
-@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "per-file fsync"])
-def test_a_failing_group_sync_names_its_steps_and_lists_none_of_them(tmp_path, monkeypatch, syncfs):
-    """The group's data could not be made durable (EIO from syncfs, or from fsync where syncfs is
-    absent): its steps are named, their files removed and never listed; earlier groups stay."""
-    import ctypes
-
+def test_a_failing_group_sync_names_its_steps_and_lists_none_of_them(tmp_path, monkeypatch):
+    """The group's data could not be made durable (EIO from fsync): its steps are named, their
+    files removed and never listed; earlier groups stay."""
     import trajlib.writer
 
     model = net()
     rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=3600.0)
     rec.flush()
-    if syncfs:
-        def failing(fd):
-            ctypes.set_errno(5)
-            return -1
-        monkeypatch.setattr(trajlib.writer, "_syncfs", failing)
-    else:
-        monkeypatch.setattr(trajlib.writer, "_syncfs", None)
-        monkeypatch.setattr(trajlib.writer, "fsync_file", lambda path: (_ for _ in ()).throw(OSError(5, "EIO")))
+    monkeypatch.setattr(trajlib.writer, "fsync_file", lambda path: (_ for _ in ()).throw(OSError(5, "EIO")))
     for step in (1, 2, 3):
         nudge(model)
         rec.step(step)

@@ -228,23 +228,17 @@ def test_sigkill_while_recording_leaves_a_valid_run(tmp_path):
 
 
 class _SyncLog:
-    """Logs fsyncs, syncfs calls and renames in order (a patched os and writer)."""
+    """Logs fsyncs and renames in order (a patched os)."""
 
     def __init__(self, monkeypatch):
         import os
 
-        import trajlib.writer
-
         self.events: list[tuple[str, str]] = []
-        real_fsync, real_replace, real_syncfs = os.fsync, os.replace, trajlib.writer._syncfs
+        real_fsync, real_replace = os.fsync, os.replace
 
         def fsync(fd):
             self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
             return real_fsync(fd)
-
-        def syncfs(fd):  # a whole-file-system sync: every file renamed into place before it is durable
-            self.events.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
-            return real_syncfs(fd)
 
         def replace(src, dst, *a, **k):
             self.events.append(("replace", str(dst)))
@@ -252,41 +246,22 @@ class _SyncLog:
 
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)
-        if real_syncfs is not None:
-            monkeypatch.setattr(trajlib.writer, "_syncfs", syncfs)
-
-    def synced(self) -> list[str]:
-        """Names of the files made durable, in order: each fsync, and at each syncfs every
-        checkpoint renamed into place before it and not yet synced."""
-        out, placed = [], []
-        for kind, path in self.events:
-            name = path.rsplit("/", 1)[-1]
-            if kind == "replace" and name.startswith("ckpt-"):
-                placed.append(name)
-            elif kind == "syncfs":
-                out += [n for n in placed if n not in out]
-            elif kind == "fsync":
-                out.append(name)
-        return out
 
     def fsyncs(self, prefix: str) -> list[str]:
-        """Names made durable (fsync or syncfs) that start with ``prefix``."""
-        return [n for n in self.synced() if n.startswith(prefix)]
+        """Names of the files fsynced, in order, that start with ``prefix``."""
+        return [p.rsplit("/", 1)[-1] for kind, p in self.events
+                if kind == "fsync" and p.rsplit("/", 1)[-1].startswith(prefix)]
 
     def check_listed_only_after_fsync(self, run):
         """Every manifest rename lists only checkpoint files fsynced before it (a machine crash
         can never leave the manifest pointing at lost data)."""
-        synced, n_manifests, placed = set(), 0, []
+        synced, n_manifests = set(), 0
         for kind, path in self.events:
             name = path.rsplit("/", 1)[-1]
             if kind == "fsync" and name.startswith("ckpt-"):
                 synced.add(name)
             elif kind == "fsync" and name.startswith(".ckpt-"):  # "always": fsync before the rename
                 synced.add(name[1:].split(".safetensors")[0] + ".safetensors")
-            elif kind == "syncfs":
-                synced.update(placed)
-            elif kind == "replace" and name.startswith("ckpt-"):
-                placed.append(name)
             elif kind == "replace" and name == "manifest.json":
                 n_manifests += 1
         listed = {c["file"] for c in json.loads((run / "manifest.json").read_text())["checkpoints"]}
@@ -295,14 +270,7 @@ class _SyncLog:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc/self/fd")
-@pytest.mark.parametrize("syncfs", ["syncfs", "per-file fsync"])
-def test_default_policy_fsyncs_each_file_once_at_the_group_commit_and_at_close(tmp_path, monkeypatch, syncfs):
-    import trajlib.writer
-
-    if syncfs != "syncfs":
-        monkeypatch.setattr(trajlib.writer, "_syncfs", None)
-    elif trajlib.writer._syncfs is None:
-        pytest.skip("no syncfs on this system")
+def test_default_policy_fsyncs_each_file_once_at_the_group_commit_and_at_close(tmp_path, monkeypatch):
     log = _SyncLog(monkeypatch)
     model = bn_net()
     rec = trajlib.Recorder(model, tmp_path / "r", every=1, flush_interval=3600.0)  # "interval"

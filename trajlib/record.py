@@ -155,12 +155,16 @@ class Recorder:
     (a warning says so) or, with ``fresh=True``, deletes them and starts over. Steps must
     increase: a repeated or smaller step raises ``ValueError`` rather than being dropped.
 
+    The Recorder snapshots the tensors the model holds when it is created: move the model to its
+    device and dtype first (``model.to()``, ``.half()`` or ``load_state_dict(assign=True)``
+    afterwards replace those tensors, and later snapshots would keep the old ones).
+
     Durability (``fsync``; files are always renamed into place atomically, and a killed process
     loses nothing that was committed, since committed files are in the page cache):
 
     * ``"interval"`` (default): snapshots reach the writer in groups at most ``flush_interval``
-      seconds apart (0.2 s); each group's files are synced together (one ``syncfs`` on Linux),
-      then the directory, then the manifest lists them; also at :meth:`flush` and :meth:`close`. A killed process *and*
+      seconds apart (0.2 s); each group's files are fsynced together, then the directory, then
+      the manifest lists them; also at :meth:`flush` and :meth:`close`. A killed process *and*
       a machine crash (power loss) lose the same window: the checkpoints not yet committed,
       i.e. those taken in the last ``flush_interval`` plus any backlog the writer had not
       finished. The manifest never lists a file whose data a machine crash could lose.

@@ -7,17 +7,15 @@ checkpoint is the same bytes: :class:`SnapshotLayout` builds it once. A snapshot
 out by decreasing item size so every one is naturally aligned with no gaps. The header carries no
 step or time, so equal weights give byte-identical files.
 
-:class:`CheckpointWriter` owns the thread, which runs at idle priority (``SCHED_IDLE`` on Linux,
-else nice 10) so that writing takes the cycles training leaves free. Each file is written to a temporary name created
+:class:`CheckpointWriter` owns the thread, which runs at nice 10 so that writing yields to training. Each file is written to a temporary name created
 exclusively (``O_EXCL | O_NOFOLLOW``: a planted file or symlink is never followed) and renamed
 into place; the manifest is rewritten once per group of checkpoints (group commit) and lists a
 file only once its data and its rename are durable, under the durability policy ``fsync``
 (:data:`FSYNC_POLICIES`):
 
 * ``"interval"`` (default): the files of a group are written without waiting for the disk, then
-  made durable together at the group's commit (:func:`sync_files`: one ``syncfs`` of the run's
-  file system on Linux ≥ 5.8, which reports write-back errors there; one fsync per file elsewhere),
-  then the directory, then the manifest.
+  fsynced together at the group's commit (one journal commit for the group on ext4-like file
+  systems, where N fsyncs spread over the group cost N), then the directory, then the manifest.
 * ``"always"``: each file is fsynced before its rename and committed on its own.
 * ``"never"``: no fsync of checkpoint files (the manifest is still written atomically): after a
   machine crash the manifest may list a file whose data was lost; ``open_trajectory`` reports it.
@@ -33,12 +31,10 @@ a kill never blocks a resume.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import logging
 import os
-import platform
 import queue
 import secrets
 import threading
@@ -63,39 +59,6 @@ def fsync_policy(fsync: str | bool) -> str:
     if fsync not in FSYNC_POLICIES:
         raise ValueError(f"fsync={fsync!r}: expected one of {', '.join(map(repr, FSYNC_POLICIES))}")
     return fsync
-
-
-def _find_syncfs():
-    """libc's ``syncfs`` where it reports write-back errors (Linux ≥ 5.8); else None."""
-    try:
-        major, minor = (int(x) for x in platform.release().split(".")[:2])
-        if platform.system() != "Linux" or (major, minor) < (5, 8):
-            return None
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (ValueError, OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn
-
-
-_syncfs = _find_syncfs()
-
-
-def sync_files(directory: Path, paths: list[Path]) -> None:
-    """Make the data of ``paths`` (files in ``directory``) durable: one ``syncfs`` of the file
-    system holding ``directory`` (it flushes every dirty file there, ours among them, in one
-    call), or one :func:`fsync_file` per path where ``syncfs`` is not available."""
-    if _syncfs is None:
-        for path in paths:
-            fsync_file(path)
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs: {os.strerror(err)}", str(directory))
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
@@ -231,17 +194,12 @@ class CheckpointWriter:
         self._queue.put(batch)
 
     def _run(self) -> None:
-        # Linux applies both to the calling thread only. SCHED_IDLE: the writer runs on cycles
-        # training leaves idle instead of preempting a training thread mid-step (measured with 2
-        # training threads on 2 cores: +10 % step time against +21 % at nice 10); when training
-        # saturates every core the pool's backpressure stops it until the writer catches up.
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:  # Linux applies this to the calling thread only: training keeps the cores it needs
+            # (not SCHED_IDLE: other busy processes then starve the writer and the pool's
+            # backpressure stalls training for seconds)
+            os.setpriority(os.PRIO_PROCESS, 0, 10)
         except (AttributeError, OSError):
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, 10)
-            except (AttributeError, OSError):
-                pass
+            pass
         while True:
             batches = [self._queue.get()]
             while not self._queue.empty():
@@ -285,13 +243,25 @@ class CheckpointWriter:
                 done, held, t0 = [], [], time.monotonic()
 
     def _sync_and_commit(self, done: list[dict]) -> None:
-        """Sync the group's files (policy "interval": :func:`sync_files`), then hand them to ``commit``; a failure
-        names every step of the group and deletes their files (unlisted, so not saved: their
-        space is freed, e.g. on a full disk)."""
+        """fsync the group's files (policy "interval"), then hand them to ``commit``. When the
+        manifest does not fit on a full disk, the group's newest files are deleted one at a time
+        until it does, so the checkpoints finished first stay listed. Any other failure names
+        every step of the group and deletes their files (unlisted, so not saved)."""
         try:
             if self.fsync == "interval":
-                sync_files(self.run_dir, [self.run_dir / entry["file"] for entry in done])
-            self._commit(done)
+                for entry in done:
+                    fsync_file(self.run_dir / entry["file"])
+            while True:
+                try:
+                    self._commit(done)
+                    break
+                except OSError as exc:  # a full disk: free the group's newest file and list the rest
+                    if exc.errno != errno.ENOSPC or len(done) == 1:
+                        raise
+                    last = done.pop()
+                    _unlink_quietly(self.run_dir / last["file"])
+                    with self._failed_lock:
+                        self._failed.append((last["step"], exc))
         except BaseException as exc:
             with self._failed_lock:
                 self._failed += [(e["step"], exc) for e in done]
