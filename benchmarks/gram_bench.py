@@ -214,19 +214,25 @@ def sweep_point(T: int, P: int, args) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every benchmark on the synthetic run shares (pca_bench too): the run's
+    shape and place, repeats, the read block, and the hidden ones of the timed child process."""
     p.add_argument("--T", type=int, default=64)
     p.add_argument("--P", type=int, default=4 * 1024**2)
     p.add_argument("--run", default="/tmp/trajlib-gram-bench")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--naive-T", type=int, default=12)
     p.add_argument("--block-bytes", type=int, default=8 << 20)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = run_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    p.add_argument("--naive-T", type=int, default=12)
     p.add_argument("--sweep", type=int, nargs="*", default=[256, 1024],
                    help="more T at the same bytes on disk (trajlib, sklearn and the bound)")
     p.add_argument("--save", help="write the results as JSON (rendered on the book's methods page)")
-    p.add_argument("--method", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.method:
         return child(args)

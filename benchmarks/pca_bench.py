@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gram_bench import build_run, child as timed_child, files, load_flat  # noqa: E402
+from gram_bench import build_run, child as timed_child, files, load_flat, run_arguments  # noqa: E402
 
 
 def method_trajlib(run: Path, args, cached: bool = False) -> dict:
@@ -62,14 +62,7 @@ METHODS = {"trajlib": method_trajlib, "trajlib_cached_gram": method_cached, "skl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--T", type=int, default=64)
-    p.add_argument("--P", type=int, default=4 * 1024**2)
-    p.add_argument("--run", default="/tmp/trajlib-gram-bench")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--block-bytes", type=int, default=8 << 20)
-    p.add_argument("--method", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
+    p = run_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     args = p.parse_args()
     if args.method:
         return timed_child(args, METHODS)
