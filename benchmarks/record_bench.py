@@ -4,9 +4,13 @@
     python benchmarks/record_bench.py --step-level [--device cuda]
 
 Default: trains notebook 01's BatchNorm CNN on digits batches, alternating runs without a Recorder
-and with one saving every step under each durability policy (``Recorder(fsync=...)``; best of
-``--repeat`` each, one process), and prints each policy's added step time. The step time is the
-training loop's own (``close`` is timed apart: it waits for the last group's fsync).
+and with one saving every step under each durability policy (``Recorder(fsync=...)``; best and
+median of ``--repeat`` paired runs, one process), and prints each policy's added step time: in the
+loop, and with ``close`` (the writer's backlog and the last group's fsync) spread over the steps.
+Against the machine's own limit: first, in the folder the runs go to (``--dir``; default the
+system's temporary folder), the file system's own CPU cost of one checkpoint file alone (create,
+write, rename, fsync); then the writer thread's CPU per checkpoint in the real runs, so the
+Recorder's own share (hashing, bookkeeping) reads as the difference.
 ``--step-level``: the overhead of exact step statistics (``step_stats=True``), of a k = 1024
 sketch every step (``sketch=1024``) and of both, against the plain loop, on a 1.07 M-parameter
 MLP (digits, batch 64: a fast step) and notebook 04's width-256 GPT-NeoX (6 layers, batch 32 ×
@@ -23,17 +27,67 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 import torch.nn.functional as F
 
 import trajlib
+from trajlib.record import select_tensors
+from trajlib.writer import SnapshotLayout
 from trajlib.paper.data import digits
 from trajlib.paper.models import SmallCNN
 
 
-def loop(steps: int, width: int, run_dir: str | None, batches, policy: str = "interval") -> tuple[float, float]:
-    """(seconds a step, seconds ``close`` took)."""
+def thread_cpu_s(thread) -> float:
+    """CPU seconds (user + system) a running ``threading.Thread`` of this process has used."""
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def file_cost(folder: str | None, nbytes: int, n: int = 300) -> dict:
+    """The file system's own CPU cost (µs) of one checkpoint-sized file in ``folder``, alone:
+    creating it (``O_CREAT | O_EXCL``), writing ``nbytes``, renaming it, and fsyncing it."""
+    d = tempfile.mkdtemp(prefix="trajlib-file-cost-", dir=folder)
+    data, cost = os.urandom(nbytes), {"create": 0.0, "write": 0.0, "rename": 0.0, "fsync": 0.0}
+    try:
+        for i in range(n):
+            t0 = time.thread_time()
+            fd = os.open(f"{d}/.{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            t1 = time.thread_time()
+            os.write(fd, data)
+            os.close(fd)
+            t2 = time.thread_time()
+            os.replace(f"{d}/.{i}.tmp", f"{d}/{i}")
+            t3 = time.thread_time()
+            cost["create"] += t1 - t0
+            cost["write"] += t2 - t1
+            cost["rename"] += t3 - t2
+        for i in range(n):  # like the "interval" policy: the group's files fsynced after writing
+            t0 = time.thread_time()
+            fd = os.open(f"{d}/{i}", os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+            cost["fsync"] += time.thread_time() - t0
+    finally:
+        shutil.rmtree(d)
+    return {k: 1e6 * v / n for k, v in cost.items()}
+
+
+def file_system(folder: str | None) -> str:
+    """The type of the file system holding ``folder`` (from ``/proc/mounts``; "?" elsewhere)."""
+    path, best = os.path.realpath(folder or tempfile.gettempdir()), ("", "?")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mount, kind = line.split()[1:3]
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[0]):
+                best = (mount, kind)
+    except OSError:
+        pass
+    return best[1]
+
+
+def loop(steps: int, width: int, run_dir: str | None, batches, policy: str = "interval") -> tuple[float, float, float]:
+    """(seconds a step, seconds ``close`` took, the writer thread's CPU seconds)."""
     torch.manual_seed(0)
     model = SmallCNN(width, in_channels=batches[0][0].shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -48,9 +102,12 @@ def loop(steps: int, width: int, run_dir: str | None, batches, policy: str = "in
         if rec:
             rec.step(step)
     elapsed = time.perf_counter() - t0  # training time as the loop sees it
+    writer_s = 0.0
     if rec:
+        rec.flush()  # every checkpoint on disk; the writer thread is still alive to be read
+        writer_s = thread_cpu_s(rec._writer._thread)
         rec.close()
-    return elapsed / steps, time.perf_counter() - t0 - elapsed
+    return elapsed / steps, time.perf_counter() - t0 - elapsed, writer_s
 
 
 STEP_MODES = {"plain": {}, "step_stats": {"step_stats": True}, "sketch": {"sketch": 1024},
@@ -234,10 +291,12 @@ def main() -> None:
                    help="digits: 1×8×8, batch 64 (the notebooks; the cheapest step, so the worst case); "
                         "cifar: 3×32×32 random images, batch 128")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--dir", help="folder the benchmark's runs are written in (default: the system's temporary "
+                                 "folder); the file system's own cost per file is measured there first")
     p.add_argument("--policies", nargs="+", default=["interval", "always", "never"],
                    help="Recorder(fsync=...) durability policies to time")
     p.add_argument("--save", help="add the results as JSON to this file (the book's methods page); rows of the "
-                                  "same input and thread count are replaced")
+                                  "same input, thread count and file system are replaced")
     p.add_argument("--step-level", action="store_true", help="step statistics and sketch overheads")
     p.add_argument("--device", default="cpu", help="--step-level: cpu or cuda")
     p.add_argument("--sketch-errors", action="store_true",
@@ -269,40 +328,54 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randn(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g))
                    for _ in range(8)]
-    base, rec, close = [], {p: [] for p in args.policies}, {p: [] for p in args.policies}
+    params = sum(p.numel() for p in SmallCNN(args.width, in_channels=batches[0][0].shape[1]).parameters())
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+    fs = file_system(args.dir)
+    model = SmallCNN(args.width, in_channels=batches[0][0].shape[1])
+    layout_bytes = SnapshotLayout({n: t for n, (t, _) in select_tensors(model).items()}).file_bytes  # a Recorder's file
+    floor = file_cost(args.dir, layout_bytes)
+    base, rec, close, writer = [], *({p: [] for p in args.policies} for _ in range(3))
     for _ in range(args.repeat):  # interleaved, so drifting machine load hits every variant alike
         base.append(loop(args.steps, args.width, None, batches)[0])
         for policy in args.policies:
-            tmp = tempfile.mkdtemp(prefix="trajlib-record-bench-")
-            step_s, close_s = loop(args.steps, args.width, tmp, batches, policy)
+            tmp = tempfile.mkdtemp(prefix="trajlib-record-bench-", dir=args.dir)
+            step_s, close_s, writer_s = loop(args.steps, args.width, tmp, batches, policy)
             rec[policy].append(step_s)
             close[policy].append(close_s)
             n_ckpt = len(list(Path(tmp).glob("ckpt-*.safetensors")))
+            writer[policy].append(writer_s / n_ckpt)
             shutil.rmtree(tmp)
-    params = sum(p.numel() for p in SmallCNN(args.width, in_channels=batches[0][0].shape[1]).parameters())
     b = min(base)
     print(f"SmallCNN width {args.width} on {args.input} batches, {torch.get_num_threads()} torch threads: "
-          f"{params:,} parameters, {args.steps} steps, {n_ckpt} checkpoints per run")
+          f"{params:,} parameters, {args.steps} steps, {n_ckpt} checkpoints of {layout_bytes:,} bytes per run")
+    print(f"the file system ({fs}) alone, CPU per checkpoint-sized file: create {floor['create']:.0f} µs, "
+          f"write {floor['write']:.0f} µs, rename {floor['rename']:.0f} µs, fsync {floor['fsync']:.0f} µs")
     print(f"step time without recording: {b * 1e3:.2f} ms (best of {args.repeat})")
     rows = []
     for policy in args.policies:
         r = min(rec[policy])
-        ratios = sorted(x / y for x, y in zip(rec[policy], base))
-        med = ratios[len(ratios) // 2] - 1
+        med = median([x / y for x, y in zip(rec[policy], base)]) - 1
+        with_close = median([(x + c / args.steps) / y for x, c, y in zip(rec[policy], close[policy], base)]) - 1
+        w_us = 1e6 * median(writer[policy])
+        share = w_us / (1e6 * b * (os.cpu_count() or 1))  # of every core's time: a floor when training fills them
+        fs_us = floor["create"] + floor["write"] + floor["rename"] + (floor["fsync"] if policy != "never" else 0)
         print(f"fsync={policy!r:11s} recording every step: {r * 1e3:.2f} ms, adds {100 * (r / b - 1):+.1f}% "
-              f"(best of {args.repeat}); median of paired runs {100 * med:+.1f}%; close {1e3 * min(close[policy]):.0f} ms")
+              f"(best of {args.repeat}); median of paired runs {100 * med:+.1f}%, {100 * with_close:+.1f}% with close "
+              f"({1e3 * min(close[policy]):.0f} ms); writer thread {w_us:.0f} µs CPU per checkpoint, "
+              f"of which the file system alone {fs_us:.0f} µs; that is {100 * share:.0f}% of all {os.cpu_count()} cores' time per step")
         rows.append({"input": args.input, "threads": torch.get_num_threads(), "params": params, "policy": policy,
                      "base_ms": 1e3 * b, "record_ms": 1e3 * r, "overhead_best": r / b - 1, "overhead_median": med,
-                     "close_ms": 1e3 * min(close[policy]), "steps": args.steps, "cores": os.cpu_count(),
-                     "date": time.strftime("%Y-%m-%d")})
+                     "overhead_with_close": with_close, "close_ms": 1e3 * min(close[policy]),
+                     "writer_us": w_us, "writer_share": share, "file_system": fs, "file_system_us": fs_us, "file_cost_us": floor,
+                     "steps": args.steps, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
     if args.save:
         path = Path(args.save)
         doc = json.loads(path.read_text()) if path.is_file() else {"benchmark": "record_bench", "rows": []}
-        key = (args.input, torch.get_num_threads())
-        doc["rows"] = [r for r in doc["rows"] if (r["input"], r["threads"]) != key] + rows
+        key = (args.input, torch.get_num_threads(), fs)
+        doc["rows"] = [r for r in doc["rows"] if (r["input"], r["threads"], r.get("file_system")) != key] + rows
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1))
-
 
 if __name__ == "__main__":
     main()
