@@ -7,10 +7,11 @@ Default: trains notebook 01's BatchNorm CNN on digits batches, alternating runs 
 and with one saving every step under each durability policy (``Recorder(fsync=...)``; best and
 median of ``--repeat`` paired runs, one process), and prints each policy's added step time: in the
 loop, and with ``close`` (the writer's backlog and the last group's fsync) spread over the steps.
-Against the machine's own limit: first, in the folder the runs go to (``--dir``; default the
-system's temporary folder), the file system's own CPU cost of one checkpoint file alone (create,
-write, rename, fsync); then the writer thread's CPU per checkpoint in the real runs, so the
-Recorder's own share (hashing, bookkeeping) reads as the difference.
+Against the machine's own limit: in the folder the runs go to (``--dir``; default the system's
+temporary folder), the file system's own CPU cost of one checkpoint file alone (create, write,
+rename, fsync) and of one group commit, before and after the runs; and the writer thread's CPU
+per checkpoint in the real runs, so the Recorder's own share (hashing, bookkeeping) reads as
+the difference.
 ``--step-level``: the overhead of exact step statistics (``step_stats=True``), of a k = 1024
 sketch every step (``sketch=1024``) and of both, against the plain loop, on a 1.07 M-parameter
 MLP (digits, batch 64: a fast step) and notebook 04's width-256 GPT-NeoX (6 layers, batch 32 ×
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import trajlib
+from trajlib.manifest import atomic_write, fsync_dir
 from trajlib.record import select_tensors
 from trajlib.writer import SnapshotLayout
 from trajlib.paper.data import digits
@@ -41,13 +43,16 @@ from trajlib.paper.models import SmallCNN
 
 def thread_cpu_s(thread) -> float:
     """CPU seconds (user + system) a running ``threading.Thread`` of this process has used."""
+    assert thread.is_alive(), "a finished thread's CPU clock is gone"
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
 def file_cost(folder: str, nbytes: int, n: int = 300) -> dict:
     """The file system's own CPU cost (µs) of one checkpoint-sized file in a new folder inside
     ``folder``, alone: creating it (``O_CREAT | O_EXCL``), writing ``nbytes``, renaming it, and
-    fsyncing it. Deletes nothing (the caller removes ``folder``): see :func:`main` on why."""
+    fsyncing it; and of one group commit (a directory fsync, then a manifest of ``n`` entries
+    written atomically: created, fsynced, renamed over the last one, directory fsynced). Deletes
+    nothing but the replaced manifests (the caller removes ``folder``): see :func:`main` on why."""
     d = tempfile.mkdtemp(prefix="file-cost-", dir=folder)
     data, cost = os.urandom(nbytes), {"create": 0.0, "write": 0.0, "rename": 0.0, "fsync": 0.0}
     for i in range(n):
@@ -68,7 +73,12 @@ def file_cost(folder: str, nbytes: int, n: int = 300) -> dict:
         os.fsync(fd)
         os.close(fd)
         cost["fsync"] += time.thread_time() - t0
-    return {k: 1e6 * v / n for k, v in cost.items()}
+    manifest = os.urandom(200 * n)  # a commit as the Recorder makes one: a manifest of n entries
+    t0 = time.thread_time()
+    for _ in range(10):
+        fsync_dir(Path(d))
+        atomic_write(Path(d) / "manifest.json", manifest)
+    return {**{k: 1e6 * v / n for k, v in cost.items()}, "commit": 1e6 * (time.thread_time() - t0) / 10}
 
 
 def file_system(folder: str | None) -> str:
@@ -77,7 +87,7 @@ def file_system(folder: str | None) -> str:
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
             mount, kind = line.split()[1:3]
-            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[0]):
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[0]):  # the last of stacked mounts is the visible one
                 best = (mount, kind)
     except OSError:
         pass
@@ -249,7 +259,7 @@ def sketch_errors(ks=(64, 256, 1024, 4096), seeds=5, steps=200) -> list[dict]:
 def step_level(args) -> dict:
     device = torch.device(args.device)
     out = {"benchmark": "record_bench --step-level", "device": str(device), "threads": torch.get_num_threads(),
-           "cores": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d"), "models": {}}
+           "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "models": {}}
     for name, make, loss_fn in step_level_models(device):
         steps = args.steps if name.startswith("mlp") else max(5, args.steps // 20)
         times = {m: [] for m in STEP_MODES}
@@ -260,9 +270,9 @@ def step_level(args) -> dict:
         base = times["plain"]
         row = {"params": params, "steps": steps, "base_ms": 1e3 * min(base)}
         for mode in ("step_stats", "sketch", "both"):
-            paired = sorted(x / y for x, y in zip(times[mode], base))
+            paired = [x / y for x, y in zip(times[mode], base)]
             row[mode] = {"ms": 1e3 * min(times[mode]), "overhead_best": min(times[mode]) / min(base) - 1,
-                         "overhead_median": paired[len(paired) // 2] - 1}
+                         "overhead_median": median(paired) - 1}
         out["models"][name] = row
         print(f"{name}: {params:,} parameters, plain step {row['base_ms']:.2f} ms on {device}; overhead "
               + "; ".join(f"{m} {100 * row[m]['overhead_best']:+.1f}% (median {100 * row[m]['overhead_median']:+.1f}%)"
@@ -326,11 +336,11 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randn(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g))
                    for _ in range(8)]
-    params = sum(p.numel() for p in SmallCNN(args.width, in_channels=batches[0][0].shape[1]).parameters())
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
     fs = file_system(args.dir)
     model = SmallCNN(args.width, in_channels=batches[0][0].shape[1])
+    params = sum(p.numel() for p in model.parameters())
     layout_bytes = SnapshotLayout({n: t for n, (t, _) in select_tensors(model).items()}).file_bytes  # a Recorder's file
     # Every run stays on disk until the end: a journal-less ext4 skips the inodes of files deleted
     # in the last 60-300 s when it creates one, so deleting runs as we go would make the next
@@ -349,13 +359,17 @@ def main() -> None:
                 close[policy].append(close_s)
                 n_ckpt = len(list(Path(run).glob("ckpt-*.safetensors")))
                 writer[policy].append(writer_s / n_ckpt)
+        floor_after = file_cost(parent, layout_bytes)  # the runs' own files and manifests changed it?
     finally:
         shutil.rmtree(parent)
     b = min(base)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(f"SmallCNN width {args.width} on {args.input} batches, {torch.get_num_threads()} torch threads: "
           f"{params:,} parameters, {args.steps} steps, {n_ckpt} checkpoints of {layout_bytes:,} bytes per run")
-    print(f"the file system ({fs}) alone, CPU per checkpoint-sized file: create {floor['create']:.0f} µs, "
-          f"write {floor['write']:.0f} µs, rename {floor['rename']:.0f} µs, fsync {floor['fsync']:.0f} µs")
+    for when, c in (("before the runs", floor), ("after them", floor_after)):
+        print(f"the file system ({fs}) alone, {when}: CPU per checkpoint-sized file: create {c['create']:.0f} µs, "
+              f"write {c['write']:.0f} µs, rename {c['rename']:.0f} µs, fsync {c['fsync']:.0f} µs; "
+              f"a group commit {c['commit']:.0f} µs")
     print(f"step time without recording: {b * 1e3:.2f} ms (best of {args.repeat})")
     rows = []
     for policy in args.policies:
@@ -363,17 +377,19 @@ def main() -> None:
         med = median([x / y for x, y in zip(rec[policy], base)]) - 1
         with_close = median([(x + c / args.steps) / y for x, c, y in zip(rec[policy], close[policy], base)]) - 1
         w_us = 1e6 * median(writer[policy])
-        share = w_us / (1e6 * b * (os.cpu_count() or 1))  # of every core's time: a floor when training fills them
-        fs_us = floor["create"] + floor["write"] + floor["rename"] + (floor["fsync"] if policy != "never" else 0)
+        share = w_us / (1e6 * median(base) * cores)  # of every core's time: a floor when training fills them
+        fs_us, fs_after_us = (c["create"] + c["write"] + c["rename"] + (c["fsync"] if policy != "never" else 0)
+                              + (c["commit"] if policy == "always" else 0)  # "always" commits every checkpoint alone
+                              for c in (floor, floor_after))
         print(f"fsync={policy!r:11s} recording every step: {r * 1e3:.2f} ms, adds {100 * (r / b - 1):+.1f}% "
               f"(best of {args.repeat}); median of paired runs {100 * med:+.1f}%, {100 * with_close:+.1f}% with close "
-              f"({1e3 * min(close[policy]):.0f} ms); writer thread {w_us:.0f} µs CPU per checkpoint, "
-              f"of which the file system alone {fs_us:.0f} µs; that is {100 * share:.0f}% of all {os.cpu_count()} cores' time per step")
+              f"({1e3 * min(close[policy]):.0f} ms); writer thread {w_us:.0f} µs CPU per checkpoint "
+              f"(the file system alone: {fs_us:.0f} µs before the runs, {fs_after_us:.0f} µs after), {100 * share:.0f}% of all {cores} cores' time per step")
         rows.append({"input": args.input, "threads": torch.get_num_threads(), "params": params, "policy": policy,
                      "base_ms": 1e3 * b, "record_ms": 1e3 * r, "overhead_best": r / b - 1, "overhead_median": med,
                      "overhead_with_close": with_close, "close_ms": 1e3 * min(close[policy]),
-                     "writer_us": w_us, "writer_share": share, "file_system": fs, "file_system_us": fs_us, "file_cost_us": floor,
-                     "steps": args.steps, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+                     "writer_us": w_us, "writer_share": share, "file_system": fs, "file_system_us": fs_us, "file_system_after_us": fs_after_us, "file_cost_us": floor, "file_cost_after_us": floor_after,
+                     "steps": args.steps, "cores": cores, "date": time.strftime("%Y-%m-%d")})
     if args.save:
         path = Path(args.save)
         doc = json.loads(path.read_text()) if path.is_file() else {"benchmark": "record_bench", "rows": []}
@@ -381,6 +397,7 @@ def main() -> None:
         doc["rows"] = [r for r in doc["rows"] if (r["input"], r["threads"], r.get("file_system")) != key] + rows
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1))
+
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,29 +17,28 @@ import record_bench  # noqa: E402
 
 def test_file_cost_times_each_part_and_deletes_nothing(tmp_path):
     cost = record_bench.file_cost(str(tmp_path), 4096, n=20)
-    (folder,) = tmp_path.iterdir()  # one new folder, its 20 files renamed into place, no temporary left
-    assert sorted(p.name for p in folder.iterdir()) == sorted(str(i) for i in range(20))
-    assert set(cost) == {"create", "write", "rename", "fsync"}
-    assert all(v >= 0 for v in cost.values()) and sum(cost.values()) > 0
+    (folder,) = tmp_path.iterdir()  # one new folder: its 20 files renamed into place and one manifest
+    assert sorted(p.name for p in folder.iterdir()) == sorted([str(i) for i in range(20)] + ["manifest.json"])
+    assert (folder / "0").stat().st_size == 4096 and (folder / "manifest.json").stat().st_size == 200 * 20
+    assert set(cost) == {"create", "write", "rename", "fsync", "commit"} and sum(cost.values()) > 0
 
 
 @pytest.mark.skipif(not Path("/proc/mounts").is_file(), reason="needs Linux /proc/mounts")
 def test_file_system_names_the_mount_holding_the_folder(tmp_path):
     kinds = {line.split()[1]: line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()}
-    assert record_bench.file_system("/") == kinds["/"]
+    assert record_bench.file_system("/") == kinds["/"]  # the dict keeps the last of stacked mounts, as Linux shows
     if "/dev/shm" in kinds:
         assert record_bench.file_system("/dev/shm") == kinds["/dev/shm"]
-    assert record_bench.file_system(str(tmp_path)) != "?"
+        assert record_bench.file_system("/dev/shm/not/yet/made") == kinds["/dev/shm"]
 
 
-def test_loop_reads_the_writer_threads_cpu_only_when_recording(tmp_path):
+@pytest.mark.skipif(not hasattr(time, "pthread_getcpuclockid"), reason="needs per-thread CPU clocks")
+def test_loop_reads_the_writer_threads_cpu(tmp_path):
     from trajlib.paper.data import digits
 
     data = digits()
     batches = [(data.x_train[i: i + 64], data.y_train[i: i + 64]) for i in range(0, 256, 64)]
-    _, close_plain, writer_plain = record_bench.loop(20, 8, None, batches)
     step, close, writer = record_bench.loop(20, 8, str(tmp_path / "run"), batches, "never")
-    assert writer_plain == 0.0 and close_plain < 0.1
     assert step > 0 and close >= 0 and writer > 0  # 21 files hashed and written on that thread
     assert len(list((tmp_path / "run").glob("ckpt-*.safetensors"))) == 21
 
@@ -49,10 +49,10 @@ def test_methods_page_renders_writer_cost_and_old_rows_alike(tmp_path):
     old = {"input": "digits", "threads": 2, "policy": "interval", "base_ms": 1.5, "record_ms": 1.8,
            "overhead_best": 0.2, "overhead_median": 0.25, "close_ms": 190}
     new = {**old, "threads": 1, "overhead_with_close": 0.31, "writer_us": 612.4, "writer_share": 0.204,
-           "file_system": "ext4", "file_system_us": 480.2}
+           "file_system": "ext4", "file_system_us": 480.2, "file_system_after_us": 501.7}
     (tmp_path / "record_bench.json").write_text(json.dumps({"rows": [old, new]}))
     rows = [line for line in benchmark_tables(tmp_path).splitlines() if line.startswith("| digits")]
     assert len(rows) == 2
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
     assert cells[0][2] == "—" and cells[0][-4:] == ["—"] * 4  # measured before these columns existed
-    assert cells[1][2] == "ext4" and cells[1][-4:] == ["+31%", "612", "480", "20%"]
+    assert cells[1][2] == "ext4" and cells[1][-4:] == ["+31%", "612", "480 / 502", "20%"]

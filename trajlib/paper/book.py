@@ -185,7 +185,8 @@ def benchmark_tables(folder: Path) -> str:
                 "loop's own step time; *with close*: `close` (the writer's backlog and the last group's fsync) "
                 "spread over the steps, what a run pays end to end. *Writer CPU*: the writer thread's CPU per "
                 "checkpoint in those runs; *file system alone*: what the same file system charges, measured alone "
-                "in the same run, to create, write, rename (and, unless `never`, fsync) one file of that size. When "
+                "in the same run before and after the runs, to create, write, rename (and, unless `never`, fsync) one "
+                "file of that size (under `always`, also one manifest commit). When "
                 "training keeps every core busy (threads = cores), the writer's CPU over all cores' time per step "
                 "is a floor on the end-to-end overhead:", ""]
         out.append(_markdown([{
@@ -195,7 +196,9 @@ def benchmark_tables(folder: Path) -> str:
             "added in the loop (best / median)": f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}%",
             "added with close (median)": f"{100 * r['overhead_with_close']:+.0f}%" if "overhead_with_close" in r else "—",
             "writer CPU (µs)": f"{r['writer_us']:.0f}" if "writer_us" in r else "—",
-            "file system alone (µs)": f"{r['file_system_us']:.0f}" if "file_system_us" in r else "—",
+            "file system alone, before / after the runs (µs)": (
+                f"{r['file_system_us']:.0f} / {r['file_system_after_us']:.0f}" if "file_system_after_us" in r
+                else f"{r['file_system_us']:.0f}" if "file_system_us" in r else "—"),
             "writer CPU / all cores' time": f"{100 * r['writer_share']:.0f}%" if "writer_share" in r else "—",
         } for r in d["rows"]]))
         out.append("")
