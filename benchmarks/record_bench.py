@@ -118,6 +118,79 @@ def loop(steps: int, width: int, run_dir: str | None, batches, policy: str = "in
     return elapsed / steps, time.perf_counter() - t0 - elapsed, writer_s
 
 
+# The writer's file work alone (sha256, create, write, rename of one checkpoint-sized file) every
+# `period` seconds until stdin closes or `stop` is set; stdlib only, so a child process runs it
+# without importing torch. `batch`: SCHED_BATCH (its wake-ups never preempt a running thread).
+FILE_WORK = """
+import hashlib, os, select, sys, time
+def file_work(folder, nbytes, period, batch, stop=None):
+    os.setpriority(os.PRIO_PROCESS, 0, 10)  # the calling thread only, on Linux; as the Recorder's writer
+    if batch:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    data, i = os.urandom(nbytes), 0
+    while not (stop.is_set() if stop else select.select([sys.stdin], [], [], 0)[0]):  # a line or EOF: stop
+        hashlib.sha256(data).hexdigest()
+        fd = os.open(f"{folder}/.{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        os.replace(f"{folder}/.{i}.tmp", f"{folder}/{i}")
+        i += 1
+        time.sleep(period)
+"""
+
+
+def contention(args, batches, folder: str, nbytes: int) -> list[dict]:
+    """The training loop's step time while the writer's file work (FILE_WORK, one file per
+    step's worth of time) runs beside it: from a thread of the training process or from a child
+    process, each at nice 10 with and without SCHED_BATCH. Paired with the plain loop, best and
+    median of ``--repeat``."""
+    import subprocess
+    import sys
+    import threading
+
+    namespace: dict = {}
+    exec(FILE_WORK, namespace)
+    base = [loop(args.steps, args.width, None, batches)[0] for _ in range(2)]
+    period = min(base)  # one file per plain step: the writer's pace at every-step recording
+    variants = [(where, batch) for where in ("thread", "process") for batch in (False, True)]
+    times: dict = {v: [] for v in variants}
+    plain, files = [], {v: [] for v in variants}
+    for _ in range(args.repeat):
+        plain.append(loop(args.steps, args.width, None, batches)[0])
+        for where, batch in variants:
+            d = tempfile.mkdtemp(prefix=f"{where}-", dir=folder)
+            if where == "thread":
+                stop = threading.Event()
+                worker = threading.Thread(target=namespace["file_work"], args=(d, nbytes, period, batch, stop))
+                worker.start()
+            else:
+                code = FILE_WORK + f"\nfile_work({d!r}, {nbytes}, {period!r}, {batch})\n"
+                child = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.PIPE, text=True)
+                time.sleep(0.2)  # started and writing before the loop is timed
+            start = len(os.listdir(d))
+            times[(where, batch)].append(loop(args.steps, args.width, None, batches)[0])
+            files[(where, batch)].append(len(os.listdir(d)) - start)
+            if where == "thread":
+                stop.set()
+                worker.join()
+            else:
+                child.stdin.write("stop\n")
+                child.stdin.close()
+                child.wait()
+    rows = []
+    for (where, batch), t in times.items():
+        med = median([x / y for x, y in zip(t, plain)]) - 1
+        kept_up = median(files[(where, batch)]) / args.steps
+        label = f"{where}, nice 10" + (" + SCHED_BATCH" if batch else "")
+        print(f"file work from a {label:27s}: step {1e3 * min(t):.2f} ms, adds {100 * (min(t) / min(plain) - 1):+.1f}% "
+              f"(best of {args.repeat}); median of paired runs {100 * med:+.1f}%; {kept_up:.2f} files per step, "
+              f"so {100 * med / max(kept_up, 1e-9):+.1f}% per file a step")
+        rows.append({"where": where, "sched_batch": batch, "overhead_best": min(t) / min(plain) - 1,
+                     "overhead_median": med, "files_per_step": kept_up,
+                     "overhead_per_file_per_step": med / max(kept_up, 1e-9)})
+    return rows
+
+
 STEP_MODES = {"plain": {}, "step_stats": {"step_stats": True}, "sketch": {"sketch": 1024},
               "both": {"step_stats": True, "sketch": 1024}}
 
@@ -306,6 +379,9 @@ def main() -> None:
     p.add_argument("--save", help="add the results as JSON to this file (the book's methods page); rows of the "
                                   "same input, thread count and file system are replaced")
     p.add_argument("--step-level", action="store_true", help="step statistics and sketch overheads")
+    p.add_argument("--contention", action="store_true",
+                   help="the writer's file work alone, from a thread of the training process or from a child "
+                        "process, with and without SCHED_BATCH: what running it in-process costs")
     p.add_argument("--device", default="cpu", help="--step-level: cpu or cuda")
     p.add_argument("--sketch-errors", action="store_true",
                    help="sketched-map errors against exact every-step maps at several k (added to --save's JSON)")
@@ -348,6 +424,17 @@ def main() -> None:
     # on a quiet file system, up to ~900 µs after deleting a few thousand files).
     parent = tempfile.mkdtemp(prefix="trajlib-record-bench-", dir=args.dir)
     try:
+        if args.contention:
+            rows = contention(args, batches, parent, layout_bytes)
+            if args.save:
+                path = Path(args.save)
+                doc = json.loads(path.read_text()) if path.is_file() else {"benchmark": "record_bench", "rows": []}
+                run = {"threads": torch.get_num_threads(), "file_system": fs, "params": params, "bytes": layout_bytes,
+                       "steps": args.steps, "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+                doc["contention"] = [c for c in doc.get("contention", [])
+                                     if (c["threads"], c["file_system"]) != (run["threads"], fs)] + [run]
+                path.write_text(json.dumps(doc, indent=1))
+            return
         floor = file_cost(parent, layout_bytes)
         base, rec, close, writer = [], *({p: [] for p in args.policies} for _ in range(3))
         for _ in range(args.repeat):  # interleaved, so drifting machine load hits every variant alike

@@ -56,3 +56,37 @@ def test_methods_page_renders_writer_cost_and_old_rows_alike(tmp_path):
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
     assert cells[0][2] == "—" and cells[0][-4:] == ["—"] * 4  # measured before these columns existed
     assert cells[1][2] == "ext4" and cells[1][-4:] == ["+31%", "612", "480 / 502", "20%"]
+
+
+def test_contention_runs_the_file_work_from_a_thread_and_from_a_child_process(tmp_path):
+    import argparse
+
+    from trajlib.paper.data import digits
+
+    data = digits()
+    batches = [(data.x_train[i: i + 64], data.y_train[i: i + 64]) for i in range(0, 256, 64)]
+    args = argparse.Namespace(steps=40, width=8, repeat=1)
+    rows = record_bench.contention(args, batches, str(tmp_path), 4096)
+    assert [(r["where"], r["sched_batch"]) for r in rows] == [("thread", False), ("thread", True),
+                                                              ("process", False), ("process", True)]
+    for where in ("thread", "process"):  # each variant wrote whole files, in folders of its own
+        files = [f for d in tmp_path.glob(f"{where}-*") for f in d.iterdir() if not f.name.endswith(".tmp")]
+        assert files and {f.stat().st_size for f in files} == {4096}
+    assert rows[0]["files_per_step"] > 0 and rows[2]["files_per_step"] > 0
+    assert rows[2]["overhead_per_file_per_step"] == pytest.approx(rows[2]["overhead_median"] / rows[2]["files_per_step"])
+
+
+def test_methods_page_renders_the_contention_table(tmp_path):
+    import json
+
+    run = {"threads": 2, "file_system": "tmpfs", "bytes": 97088, "steps": 300, "repeat": 9, "rows": [
+        {"where": "thread", "sched_batch": False, "overhead_median": 0.155, "files_per_step": 0.9,
+         "overhead_per_file_per_step": 0.172},
+        {"where": "process", "sched_batch": True, "overhead_median": 0.066, "files_per_step": 0.41,
+         "overhead_per_file_per_step": 0.161}]}
+    (tmp_path / "record_bench.json").write_text(json.dumps({"rows": [], "contention": [run]}))
+    text = benchmark_tables(tmp_path)
+    assert "2 torch threads, tmpfs, 97,088-byte files, median of 9 paired runs" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(("| thread", "| process"))]
+    assert rows == [["thread", "no", "+16%", "0.9", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"]]

@@ -202,6 +202,21 @@ def benchmark_tables(folder: Path) -> str:
             "writer CPU / all cores' time": f"{100 * r['writer_share']:.0f}%" if "writer_share" in r else "—",
         } for r in d["rows"]]))
         out.append("")
+        for k, c in enumerate(d.get("contention", [])):
+            threads = f"{c['threads']} torch thread{'s' if c['threads'] != 1 else ''}"
+            out += [(f"**The same file work beside training** (`benchmarks/record_bench.py --contention`, {threads}, "
+                     f"{c['file_system']}, {c['bytes']:,}-byte files, median of {c['repeat']} paired runs): the "
+                     "writer's sha256, create, write and rename of one file per plain step, run from a thread of the "
+                     "training process or from a child process, at nice 10, with and without `SCHED_BATCH` (its "
+                     "wake-ups never preempt). *Per file a step* divides the time added by the files written per "
+                     "step, so a variant that falls behind does not look cheaper:") if k == 0 else
+                    f"The same with {threads}, {c['file_system']}:", ""]
+            out.append(_markdown([{
+                "from": r["where"], "SCHED_BATCH": "yes" if r["sched_batch"] else "no",
+                "added (median)": f"{100 * r['overhead_median']:+.0f}%", "files per step": f"{r['files_per_step']:.2f}",
+                "added per file a step": f"{100 * r['overhead_per_file_per_step']:+.0f}%",
+            } for r in c["rows"]]))
+            out.append("")
     steps = folder / "step_bench.json"
     if steps.is_file() and "models" in json.loads(steps.read_text()):
         d = json.loads(steps.read_text())
