@@ -167,17 +167,19 @@ def contention(args, batches, folder: str, nbytes: int) -> list[dict]:
                 code = FILE_WORK + f"\nfile_work({d!r}, {nbytes}, {period!r}, {batch})\n"
                 child = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.PIPE, text=True)
                 time.sleep(0.2)  # started and writing before the loop is timed
-            start = len(os.listdir(d))
-            times[(where, batch)].append(loop(args.steps, args.width, None, batches)[0])
-            files[(where, batch)].append(len(os.listdir(d)) - start)
-            if where == "thread":
-                stop.set()
-                worker.join()
-            else:
-                child.stdin.write("stop\n")
-                child.stdin.close()
-                child.wait()
+            try:
+                start = len(os.listdir(d))
+                times[(where, batch)].append(loop(args.steps, args.width, None, batches)[0])
+                files[(where, batch)].append(len(os.listdir(d)) - start)
+            finally:  # the worker stops even if training fails
+                if where == "thread":
+                    stop.set()
+                    worker.join()
+                else:
+                    child.stdin.close()  # end of file: the child stops
+                    child.wait()
     rows = []
+    print(f"{torch.get_num_threads()} torch threads; {nbytes:,}-byte files every {1e3 * period:.2f} ms (one plain step)")
     for (where, batch), t in times.items():
         med = median([x / y for x, y in zip(t, plain)]) - 1
         kept_up = median(files[(where, batch)]) / args.steps
