@@ -83,10 +83,13 @@ def test_methods_page_renders_the_contention_table(tmp_path):
         {"where": "thread", "sched_batch": False, "overhead_median": 0.155, "files_per_step": 0.9,
          "overhead_per_file_per_step": 0.172},
         {"where": "process", "sched_batch": True, "overhead_median": 0.066, "files_per_step": 0.41,
-         "overhead_per_file_per_step": 0.161}]}
+         "overhead_per_file_per_step": 0.161},
+        {"where": "process", "sched_batch": False, "overhead_median": -0.001, "files_per_step": 1.02,
+         "overhead_per_file_per_step": -0.001}]}
     (tmp_path / "record_bench.json").write_text(json.dumps({"rows": [], "contention": [run]}))
     text = benchmark_tables(tmp_path)
     assert "2 torch threads, tmpfs, 97,088-byte files, median of 9 paired runs" in text
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith(("| thread", "| process"))]
-    assert rows == [["thread", "no", "+16%", "0.9", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"]]
+    assert rows == [["thread", "no", "+16%", "0.9", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"],
+                    ["process", "no", "+0%", "1.02", "+0%"]]  # never "-0%"

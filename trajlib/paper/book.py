@@ -193,8 +193,8 @@ def benchmark_tables(folder: Path) -> str:
             "input": r["input"], "torch threads": r["threads"], "file system": r.get("file_system", "—"),
             "durability": r.get("policy", "per-file fsync (before the policies)"),
             "step (ms)": f"{r['base_ms']:.2f}",
-            "added in the loop (best / median)": f"{100 * r['overhead_best']:+.0f}% / {100 * r['overhead_median']:+.0f}%",
-            "added with close (median)": f"{100 * r['overhead_with_close']:+.0f}%" if "overhead_with_close" in r else "—",
+            "added in the loop (best / median)": f"{_percent(r['overhead_best'])} / {_percent(r['overhead_median'])}",
+            "added with close (median)": f"{_percent(r['overhead_with_close'])}" if "overhead_with_close" in r else "—",
             "writer CPU (µs)": f"{r['writer_us']:.0f}" if "writer_us" in r else "—",
             "file system alone, before / after the runs (µs)": (
                 f"{r['file_system_us']:.0f} / {r['file_system_after_us']:.0f}" if "file_system_after_us" in r
@@ -213,8 +213,8 @@ def benchmark_tables(folder: Path) -> str:
                     f"The same with {threads}, {c['file_system']}:", ""]
             out.append(_markdown([{
                 "from": r["where"], "SCHED_BATCH": "yes" if r["sched_batch"] else "no",
-                "added (median)": f"{100 * r['overhead_median']:+.0f}%", "files per step": f"{r['files_per_step']:.2f}",
-                "added per file a step": f"{100 * r['overhead_per_file_per_step']:+.0f}%",
+                "added (median)": f"{_percent(r['overhead_median'])}", "files per step": f"{r['files_per_step']:.2f}",
+                "added per file a step": f"{_percent(r['overhead_per_file_per_step'])}",
             } for r in c["rows"]]))
             out.append("")
     steps = folder / "step_bench.json"
@@ -225,7 +225,7 @@ def benchmark_tables(folder: Path) -> str:
                 "interleaved in one run.", ""]
         out.append(_markdown([{
             "model": name, "parameters": f"{r['params']:,}", "step (ms)": f"{r['base_ms']:.1f}",
-            **{f"{m} (best / median)": f"{100 * r[m]['overhead_best']:+.0f}% / {100 * r[m]['overhead_median']:+.0f}%"
+            **{f"{m} (best / median)": f"{_percent(r[m]['overhead_best'])} / {_percent(r[m]['overhead_median'])}"
                for m in ("step_stats", "sketch", "both")},
         } for name, r in d["models"].items()]))
         out += ["", "Sketch of one step (k = 1024) at growing P, and the linear extrapolation to P = 10⁹:", ""]
@@ -343,6 +343,11 @@ def runtime_table(layout: Layout) -> str:
     rows.append({"notebook": "**total**", "preset": "", "seconds": f"**{total:.0f}**", "executed": ""})
     return (_markdown(rows) + f"\n\nMeasured on {os.cpu_count()} cores ({platform.machine()}) by the build that "
             "made these pages; a page whose runs were already on disk reuses them and shows only its analysis time.\n")
+
+
+def _percent(fraction: float) -> str:
+    """A signed whole percentage, with no "-0%" for a fraction that rounds to zero."""
+    return f"{round(100 * fraction) + 0:+d}%"
 
 
 def _markdown(rows: list[dict]) -> str:
