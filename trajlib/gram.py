@@ -32,7 +32,8 @@ from .formats import ST_DTYPES, torch_dtype
 from .groups import BlockPlan, block_nbytes, plan_blocks, resolve_groups
 from .manifest import TrajectoryError
 from .stats import GramStats
-from .threads import numpy_blas_controllable, numpy_blas_single_threaded, single_threaded
+from .blas import has_syrk, numpy_blas_single_threaded, syrk_lower_add
+from .threads import single_threaded
 
 log = logging.getLogger("trajlib.gram")
 
@@ -62,15 +63,15 @@ def _fill(traj, block, buf: torch.Tensor) -> torch.Tensor:
 
 
 def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf, G: torch.Tensor,
-                sub: int | None = None, product: str = "square", scratch: np.ndarray | None = None) -> None:
+                sub: int | None = None, product: str = "square") -> None:
     """G += R Rᵀ with R = [θ_0; θ_1 − θ_0; ...] formed in float64 from the raw slice ``src``.
 
     ``src``: uint8 bytes of a (T, n) slice; ``theta_buf``/``r_buf``: float64 work buffers of
     ≥ T·sub elements; columns are processed ``sub`` at a time so the buffers stay in cache.
     ``product`` (see :func:`_product`): "square" (the full T×T, any device), "tiles" (lower
-    block triangle in row tiles, torch) or "syrk" (numpy's symmetric rank-k update into
-    ``scratch``, (T, T) float64, then added). "tiles" fills only the lower triangle of G:
-    finish with :func:`_symmetrize`.
+    block triangle in row tiles, torch) or "syrk" (numpy's OpenBLAS ``dsyrk`` adding the lower
+    triangle into G, :func:`trajlib.blas.syrk_lower_add`). "tiles" and "syrk" fill only the
+    lower triangle of G: finish with :func:`_symmetrize`.
     """
     S = src.view(torch_dtype(dtype)).view(T, n)
     sub = n if sub is None else sub
@@ -81,10 +82,8 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
         theta.copy_(S[:, c: c + m])
         R[0].copy_(theta[0])
         torch.sub(theta[1:], theta[:-1], out=R[1:])
-        if product == "syrk":  # numpy turns R @ R.T into dsyrk (half the flops) and mirrors it
-            Rn = R.numpy()
-            np.matmul(Rn, Rn.T, out=scratch)
-            G.numpy().__iadd__(scratch)
+        if product == "syrk":
+            syrk_lower_add(R, G)
         elif product == "tiles":
             for a in range(0, T, ROW_TILE):
                 b = min(T, a + ROW_TILE)
@@ -97,21 +96,21 @@ ROW_TILE = 64  # rows of one tile of the lower-triangle product ("tiles")
 
 
 def _product(T: int) -> str:
-    """The lower-triangle product for T rows on the CPU, from measurements on 2 cores (AVX-512,
-    MKL 2024 in torch, OpenBLAS 0.3.31 in numpy), each as a fraction of the single-core fp64
-    peak over the T(T+1)·m flops of a triangle: numpy's dsyrk 0.70 (T = 64), 0.80-0.85
-    (T = 256), 0.58-0.83 (T = 1024); torch row tiles of 64 0.46, 0.75-0.77, 0.89-0.92; one
-    full square addmm 0.42, 0.52, 0.54. dsyrk needs numpy's BLAS held at one thread per call
-    (two workers calling a 2-thread OpenBLAS measured 3-10× slower); where that cannot be
-    controlled, tiles."""
-    if T < 512 and numpy_blas_controllable():
+    """The lower-triangle product for T rows on the CPU. Measured on 2 cores (AVX-512, MKL 2024
+    in torch, OpenBLAS 0.3.31 in numpy), whole passes over 1 GiB runs, best of six: OpenBLAS's
+    ``dsyrk`` adding into G beat numpy's ``R @ R.T`` (the same dsyrk into a scratch, then mirrored
+    and added) by 0-3 % at T = 64, 5-10 % at T = 256, and torch row tiles of 64 by 3 % at
+    T = 1024; alone on one core it reaches 0.77 (T = 64) and 0.97 (T = 256) of the fp64 peak over
+    the T(T+1)·m flops of a triangle. It needs numpy's BLAS held at one thread per call (two
+    workers calling a 2-thread OpenBLAS measured 3-10× slower); without that, torch row tiles."""
+    if has_syrk():
         return "syrk"
     return "tiles" if T > ROW_TILE else "square"
 
 
 def _symmetrize(Gs: torch.Tensor, product: str) -> torch.Tensor:
     """Mirror the lower triangle where ``product`` computed only that."""
-    if product == "tiles":
+    if product in ("tiles", "syrk"):
         Gs = torch.tril(Gs) + torch.tril(Gs, -1).transpose(1, 2)
     return Gs
 
@@ -222,14 +221,13 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
         sub = max(256, COMPUTE_BYTES // (8 * T))
         theta_buf = torch.empty(T * min(sub, plan.max_cols), dtype=torch.float64)
         r_buf = torch.empty_like(theta_buf)
-        scratch = np.empty((T, T)) if product == "syrk" else None
         for bi in order[w::workers]:
             if errors:
                 return
             block = plan.blocks[bi]
             src = _fill(traj, block, buf)
             _block_gram(src, block.dtype, T, block.ncols, theta_buf, r_buf, partial[w][block.signature],
-                        sub, product, scratch)
+                        sub, product)
             bar.update(len(src))
 
     with numpy_blas_single_threaded() if product == "syrk" else contextlib.nullcontext():
