@@ -34,6 +34,7 @@ $(LAB): pyproject.toml
 bench: $(STAMP)
 	$(PY) benchmarks/gram_bench.py
 	$(PY) benchmarks/record_bench.py
+	$(PY) benchmarks/manifest_bench.py
 
 clean:
 	rm -rf book/_build book/_generated

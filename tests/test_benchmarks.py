@@ -93,3 +93,31 @@ def test_methods_page_renders_the_contention_table(tmp_path):
             if line.startswith(("| thread", "| process"))]
     assert rows == [["thread", "no", "+16%", "0.9", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"],
                     ["process", "no", "+0%", "1.02", "+0%"]]  # never "-0%"
+
+
+def test_manifest_bench_times_both_commits_on_one_manifest_that_lists_every_step(tmp_path):
+    import json
+
+    import manifest_bench
+
+    r = manifest_bench.measure(tmp_path, 50, 7, 2)  # raises unless the manifest lists steps 0..N-1
+    assert r["checkpoints"] == 50 and r["group"] == 7 and r["rewrite_ms"] > 0 and r["append_ms"] > 0
+    assert r["manifest_bytes"] > (50 + 5 * 7) * 150  # 85 entries of ~210 bytes
+    assert not list(tmp_path.iterdir())  # its run is removed
+    out = manifest_bench.main(["--sizes", "20", "--repeat", "1", "--dir", str(tmp_path),
+                               "--save", str(tmp_path / "m.json")])
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["runs"] == [out] and out["rows"][0]["checkpoints"] == 20
+
+
+def test_methods_page_renders_the_commit_table(tmp_path):
+    import json
+
+    run = {"file_system": "ext4", "group": 130, "repeat": 5, "date": "2026-11-29", "rows": [
+        {"checkpoints": 100000, "manifest_bytes": 23.8e6, "group": 130, "rewrite_ms": 427.9, "append_ms": 20.1}]}
+    (tmp_path / "manifest_bench.json").write_text(json.dumps({"runs": [run]}))
+    text = benchmark_tables(tmp_path)
+    assert "130 checkpoints a group, best of 5, ext4" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.replace(" ", "").startswith("|100,000")]
+    assert rows == [["100,000", "23.8", "427.9", "20.1", "21.3", "214%", "10.1%"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -330,3 +331,48 @@ def test_never_policy_skips_file_fsyncs_and_bad_policies_are_refused(tmp_path, m
     assert calls and not [c for c in calls if "ckpt-" in c]
     with pytest.raises(ValueError, match="fsync='sometimes'"):
         trajlib.Recorder(model, tmp_path / "q", fsync="sometimes")
+
+
+def test_group_commits_append_to_the_manifest_and_match_a_whole_rewrite(tmp_path, monkeypatch):
+    """After the first commit each group is appended (the kernel copies the history), and the
+    file is byte for byte what rewriting it whole would give; resuming appends too."""
+    from trajlib import record
+    from trajlib.manifest import MANIFEST, read_manifest, write_manifest
+
+    rewrites = []
+    real = record.write_manifest
+    monkeypatch.setattr(record, "write_manifest", lambda *a, **k: rewrites.append(1) or real(*a, **k))
+    model = bn_net()
+    for part in range(2):  # a new run, then a resumed one
+        with pytest.warns(UserWarning, match="resuming") if part else contextlib.nullcontext():
+            rec = trajlib.Recorder(model, tmp_path / "run", every=1, flush_interval=0.0)
+        rewrites.clear()
+        for k in range(1, 41):
+            train(model, rec, 1, start=40 * part + k)
+            if k % 4 == 0:
+                rec.flush()  # one group commit
+        rec.close()
+        assert len(rewrites) == 1, "every group commit after the first must append, not rewrite"
+    manifest = read_manifest(tmp_path / "run")
+    assert [c["step"] for c in manifest["checkpoints"]] == list(range(81))
+    write_manifest(tmp_path, manifest)
+    assert (tmp_path / "run" / MANIFEST).read_bytes() == (tmp_path / MANIFEST).read_bytes()
+    assert list(trajlib.open_trajectory(tmp_path / "run", verify=True).steps) == list(range(81))
+
+
+def test_a_manifest_changed_behind_the_recorder_is_rewritten_whole_not_appended_to(tmp_path, caplog):
+    """Appending trusts only the file this writer wrote: one rewritten by someone else (here
+    re-indented) is detected by its size and rewritten whole, listing every checkpoint."""
+    from trajlib.manifest import MANIFEST
+
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "run", every=1)
+    train(model, rec, 5)
+    rec.flush()
+    path = tmp_path / "run" / MANIFEST
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=1))
+    train(model, rec, 5, start=6)
+    with caplog.at_level("WARNING", logger="trajlib.record"):
+        rec.close()
+    assert "rewriting it whole" in caplog.text
+    assert list(trajlib.open_trajectory(tmp_path / "run", verify=True).steps) == list(range(11))

@@ -12,8 +12,9 @@ Saving copies the tensors to host memory on the calling thread; a background
 the disk. Snapshots waiting in memory are bounded by ``max_pending_bytes``.
 
 Durability: every file is written under a temporary name and renamed into place; the manifest
-lists it only once its data and rename are durable, and is rewritten once per group of
-checkpoints (snapshots reach the writer at most ``flush_interval`` seconds apart). A killed
+lists it only once its data and rename are durable, and is replaced once per group of
+checkpoints (snapshots reach the writer at most ``flush_interval`` seconds apart) by a copy that
+appends the group, so a commit's cost does not grow with the run. A killed
 process loses only snapshots not yet committed: those of its last ``flush_interval`` seconds, and
 never more than the snapshot pool (``max_pending_bytes`` / snapshot size, at least 2; a
 snapshot's buffer returns to the pool only once it is committed, and ``save`` waits for a free
@@ -36,7 +37,8 @@ from typing import Iterable
 import torch
 
 from .formats import dtype_code
-from .manifest import FORMAT_VERSION, MANIFEST, TrajectoryError, dumps, fsync_dir, new_manifest, read_manifest, write_manifest
+from .manifest import (FORMAT_VERSION, MANIFEST, StaleManifest, TrajectoryError, append_checkpoints, dumps, fsync_dir,
+                       new_manifest, read_manifest, write_manifest)
 from .sketch import SKETCH_FILE
 from .steps import STEPS_FILE, StepLog
 from .writer import CheckpointWriter, RunLock, SnapshotLayout, remove_leftovers
@@ -208,7 +210,7 @@ class Recorder:
             raise ValueError(f"include={include!r}/exclude={exclude!r} select no tensor of {type(model).__name__}")
         self.flush_interval = flush_interval
         self._lock = threading.Lock()
-        self._entry_json: dict[int, str] = {}
+        self._manifest_size: int | None = None  # bytes of the manifest as _commit last wrote it
         snapshot = sum(t.numel() * t.element_size() for t, _ in self.tensors.values())
         self.layout = SnapshotLayout({n: t for n, (t, _) in self.tensors.items()},
                                      max_buffers=min(512, max_pending_bytes // max(1, snapshot)))
@@ -302,22 +304,26 @@ class Recorder:
 
     def _commit(self, done: list[dict]) -> None:
         """Writer thread: list completed checkpoints in the manifest (after a directory sync).
-        If the manifest cannot be written, the in-memory manifest is left as it was: those
-        checkpoints are reported as not saved, and their files are removed at the next resume."""
+        The first commit rewrites the manifest whole; later ones append to it
+        (:func:`~trajlib.manifest.append_checkpoints`), so a commit costs the new entries, not
+        the run's history. If the manifest cannot be written, the in-memory manifest is left as
+        it was: those checkpoints are reported as not saved, and their files are removed at the
+        next resume."""
         fsync_dir(self.run_dir)  # the renames are durable before the manifest lists them
         with self._lock:
-            for c in self.manifest["checkpoints"]:  # entries of a resumed run
-                self._entry_json.setdefault(c["step"], dumps(c))
-            for entry in done:
-                self._entry_json[entry["step"]] = dumps(entry)
-            checkpoints = sorted(self.manifest["checkpoints"] + done, key=lambda c: c["step"])
-            try:
-                write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints},
-                               [self._entry_json[c["step"]] for c in checkpoints])
-            except BaseException:
-                for entry in done:
-                    self._entry_json.pop(entry["step"], None)
-                raise
+            listed = self.manifest["checkpoints"]
+            steps = [c["step"] for c in listed[-1:] + done]
+            if self._manifest_size is not None and all(a < b for a, b in zip(steps, steps[1:])):
+                try:
+                    self._manifest_size = append_checkpoints(self.run_dir, self._manifest_size,
+                                                             [dumps(e) for e in done])
+                    listed.extend(done)
+                    return
+                except StaleManifest as exc:
+                    log.warning("%s; rewriting it whole", exc)
+                    self._manifest_size = None
+            checkpoints = sorted(listed + done, key=lambda c: c["step"])
+            self._manifest_size = write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints})
             self.manifest["checkpoints"] = checkpoints
 
     def flush(self) -> None:

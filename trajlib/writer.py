@@ -9,7 +9,7 @@ step or time, so equal weights give byte-identical files.
 
 :class:`CheckpointWriter` owns the thread, which runs at nice 10 so that writing yields to training. Each file is written to a temporary name created
 exclusively (``O_EXCL | O_NOFOLLOW``: a planted file or symlink is never followed) and renamed
-into place; the manifest is rewritten once per group of checkpoints (group commit) and lists a
+into place; the manifest is replaced (appended to) once per group of checkpoints (group commit) and lists a
 file only once its data and its rename are durable, under the durability policy ``fsync``
 (:data:`FSYNC_POLICIES`):
 

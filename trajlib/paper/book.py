@@ -217,6 +217,9 @@ def benchmark_tables(folder: Path) -> str:
                 "added per file a step": f"{_percent(r['overhead_per_file_per_step'])}",
             } for r in c["rows"]]))
             out.append("")
+    commits = folder / "manifest_bench.json"
+    if commits.is_file():
+        out += _commit_tables(json.loads(commits.read_text()))
     steps = folder / "step_bench.json"
     if steps.is_file() and "models" in json.loads(steps.read_text()):
         d = json.loads(steps.read_text())
@@ -263,6 +266,26 @@ def benchmark_tables(folder: Path) -> str:
                 "machine fills this table; the fused kernel's correctness is tested on the CPU through "
                 "Triton's interpreter."]
     return "\n".join(out) + "\n"
+
+
+def _commit_tables(d: dict) -> list[str]:
+    """The group-commit benchmark: one commit's cost against the run's length, both ways."""
+    out = []
+    for k, run in enumerate(d["runs"]):
+        out += [(f"**A group commit over a long run** (`benchmarks/manifest_bench.py`, {run['group']} checkpoints "
+                 f"a group, best of {run['repeat']}, {run['file_system']}, {run['date']}): *rewrite* is the commit "
+                 "as it was before appends (every entry serialised again and the whole manifest written); *append* "
+                 "is today's. A share of 0.2 s is the writer's time a commit takes at the default `flush_interval`; "
+                 "above 100% the writer falls behind and, once the snapshot pool is full, so does training:")
+                if k == 0 else f"The same on {run['file_system']} ({run['date']}):", ""]
+        out.append(_markdown([{
+            "checkpoints listed": f"{r['checkpoints']:,}", "manifest (MB)": f"{r['manifest_bytes'] / 1e6:.1f}",
+            "rewrite (ms)": f"{r['rewrite_ms']:.1f}", "append (ms)": f"{r['append_ms']:.1f}",
+            "rewrite / append": f"{r['rewrite_ms'] / r['append_ms']:.1f}",
+            "rewrite, share of 0.2 s": f"{r['rewrite_ms'] / 2:.0f}%", "append, share of 0.2 s": f"{r['append_ms'] / 2:.1f}%",
+        } for r in run["rows"]]))
+        out.append("")
+    return out
 
 
 def _gram_tables(d: dict) -> list[str]:
