@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import trajlib
-from trajlib.manifest import dumps, fsync_dir, write_manifest
+from trajlib.manifest import ManifestStamp, dumps, fsync_dir, write_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from record_bench import file_system  # noqa: E402
@@ -63,7 +63,7 @@ def measure(folder: Path, n: int, group: int, repeat: int) -> dict:
     rec.flush()
     with rec._lock:
         rec.manifest["checkpoints"] += [fake_entry(s) for s in range(1, n)]
-    rec._manifest_size = None
+    rec._manifest_stamp = None
     next_step = n
     times = {"rewrite": [], "append": []}
     entry_json: dict = {}
@@ -78,7 +78,7 @@ def measure(folder: Path, n: int, group: int, repeat: int) -> dict:
         t0 = time.perf_counter()
         rewrite_commit(run, rec.manifest, entry_json, group_of_steps())
         times["rewrite"].append(time.perf_counter() - t0)
-        rec._manifest_size = (run / "manifest.json").stat().st_size  # what the rewrite left: append to it
+        rec._manifest_stamp = ManifestStamp.of((run / "manifest.json").stat())  # what the rewrite left: append to it
         t0 = time.perf_counter()
         rec._commit(group_of_steps())
         times["append"].append(time.perf_counter() - t0)

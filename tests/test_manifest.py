@@ -1,13 +1,15 @@
-"""trajlib.manifest: appending checkpoints to a manifest equals rewriting it whole."""
+"""trajlib.manifest: appending checkpoints to a manifest equals rewriting it whole, and only the
+file this writer wrote is ever appended to."""
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
-from trajlib.manifest import MANIFEST, StaleManifest, append_checkpoints, dumps, new_manifest, write_manifest
+from trajlib.manifest import MANIFEST, ManifestStamp, StaleManifest, append_checkpoints, dumps, new_manifest, write_manifest
 
 
 def entry(step: int) -> dict:
@@ -23,29 +25,42 @@ def test_appending_gives_the_bytes_of_a_whole_rewrite(tmp_path, monkeypatch, cop
         monkeypatch.setattr(os, "copy_file_range", refuse)
     manifest = new_manifest([{"name": "w", "shape": [3], "dtype": "F32", "kind": "parameter"}], {"bn": []},
                             {"model": "M"})
-    size = write_manifest(tmp_path, manifest)  # no checkpoint yet: "checkpoints":[]
+    stamp = write_manifest(tmp_path, manifest)  # no checkpoint yet: "checkpoints":[]
     for first, n in [(0, 1), (1, 3), (4, 250)]:
         new = [entry(s) for s in range(first, first + n)]
-        size = append_checkpoints(tmp_path, size, [dumps(e) for e in new])
+        stamp = append_checkpoints(tmp_path, stamp, [dumps(e) for e in new])
         manifest["checkpoints"] += new
-        assert size == (tmp_path / MANIFEST).stat().st_size
+        assert stamp == ManifestStamp.of((tmp_path / MANIFEST).stat())
     got = (tmp_path / MANIFEST).read_bytes()
     write_manifest(tmp_path, manifest)
     assert got == (tmp_path / MANIFEST).read_bytes()
 
 
-def test_a_manifest_of_another_size_or_ending_is_stale(tmp_path):
-    manifest = new_manifest([], {}, {})
-    size = write_manifest(tmp_path, {**manifest, "checkpoints": [entry(0)]})
-    before = (tmp_path / MANIFEST).read_bytes()
-    with pytest.raises(StaleManifest, match="not the"):
-        append_checkpoints(tmp_path, size + 1, [dumps(entry(1))])
-    (tmp_path / MANIFEST).write_bytes(before[:-2] + b"}]")  # same size, not this writer's ending
-    with pytest.raises(StaleManifest, match="not the"):
-        append_checkpoints(tmp_path, size, [dumps(entry(1))])
-    (tmp_path / MANIFEST).unlink()
-    (tmp_path / MANIFEST).symlink_to(tmp_path / "elsewhere.json")  # a planted link is never followed
-    (tmp_path / "elsewhere.json").write_bytes(before)
+def test_only_the_file_this_writer_wrote_is_appended_to(tmp_path):
+    """Replaced, edited in place at the same size, truncated, not ending as written, a planted
+    symlink or FIFO: each is stale (the Recorder then rewrites the manifest whole), and a FIFO
+    does not block."""
+    path = tmp_path / MANIFEST
+    stamp = write_manifest(tmp_path, {**new_manifest([], {}, {}), "checkpoints": [entry(0)]})
+    before = path.read_bytes()
+    append = lambda s: append_checkpoints(tmp_path, s, [dumps(entry(1))])  # noqa: E731
+    time.sleep(0.02)  # past the timestamp granularity of kernels without fine-grained mtimes
+    path.write_bytes(before.replace(b'"step":0', b'"step":7'))  # in place, same size
+    with pytest.raises(StaleManifest, match="not the manifest"):
+        append(stamp)
+    path.write_bytes(before[:-2] + b"}]")  # same size, trusted stamp, not this writer's ending
+    with pytest.raises(StaleManifest, match="does not end"):
+        append(ManifestStamp.of(path.stat()))
+    path.write_bytes(b"")
     with pytest.raises(StaleManifest):
-        append_checkpoints(tmp_path, size, [dumps(entry(1))])
+        append(ManifestStamp.of(path.stat()))
+    path.unlink()
+    (tmp_path / "elsewhere.json").write_bytes(before)
+    path.symlink_to(tmp_path / "elsewhere.json")  # a planted link is never followed
+    with pytest.raises(StaleManifest):
+        append(ManifestStamp.of((tmp_path / "elsewhere.json").stat()))
     assert (tmp_path / "elsewhere.json").read_bytes() == before
+    path.unlink()
+    os.mkfifo(path)  # opening a FIFO for reading would wait for a writer forever
+    with pytest.raises(StaleManifest, match="not the manifest"):
+        append(stamp)

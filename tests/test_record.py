@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import signal
@@ -376,3 +377,29 @@ def test_a_manifest_changed_behind_the_recorder_is_rewritten_whole_not_appended_
         rec.close()
     assert "rewriting it whole" in caplog.text
     assert list(trajlib.open_trajectory(tmp_path / "run", verify=True).steps) == list(range(11))
+
+
+def test_a_failed_directory_sync_after_the_manifest_rename_loses_no_listed_checkpoint(tmp_path, monkeypatch, caplog):
+    """Once the new manifest is in place its checkpoints are listed: a directory sync failing
+    after the rename (EIO) is logged naming the steps, their files stay, the run reopens."""
+    from trajlib import record
+
+    real, failed = record.fsync_dir, []
+
+    def failing_after_rename(directory):
+        if not failed and "ckpt-000000003" in (tmp_path / "run" / "manifest.json").read_text():
+            failed.append(1)  # the sync right after the manifest listing step 3 was renamed into place
+            raise OSError(errno.EIO, "Input/output error")
+        real(directory)
+
+    model = bn_net()
+    rec = trajlib.Recorder(model, tmp_path / "run", every=1, flush_interval=3600.0)
+    rec.flush()
+    monkeypatch.setattr(record, "fsync_dir", failing_after_rename)
+    train(model, rec, 3)
+    with caplog.at_level("ERROR", logger="trajlib.record"):
+        rec.flush()  # no TrajectoryError: nothing was lost
+    rec.close()
+    assert failed, "the fault was not injected"
+    assert "step(s) 1..3" in caplog.text and "Input/output error" in caplog.text
+    assert list(trajlib.open_trajectory(tmp_path / "run", verify=True).steps) == [0, 1, 2, 3]

@@ -14,9 +14,10 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 FORMAT = "trajlib-run"
 FORMAT_VERSION = 2  # 2: content_sha256 is the hash of the data section; no whole-file sha256
@@ -95,51 +96,75 @@ def dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def write_manifest(run_dir: Path, manifest: dict, entry_json: list[str] | None = None) -> int:
-    """Atomically rewrite the manifest; returns its size in bytes. ``entry_json``: the
-    checkpoints already serialised (one string per entry, in order). The checkpoint list is the
-    last key, so :func:`append_checkpoints` can extend the file without parsing it."""
+def write_manifest(run_dir: Path, manifest: dict, entry_json: list[str] | None = None, *,
+                   sync_dir: bool = True) -> "ManifestStamp":
+    """Atomically rewrite the manifest; returns the new file's :class:`ManifestStamp`.
+    ``entry_json``: the checkpoints already serialised (one string per entry, in order). The
+    checkpoint list is the last key, so :func:`append_checkpoints` can extend the file without
+    parsing it. ``sync_dir``: as for :func:`atomic_write`."""
     if entry_json is None:
         entry_json = [dumps(e) for e in manifest["checkpoints"]]
     head = dumps({k: v for k, v in manifest.items() if k != "checkpoints"})
-    data = f'{head[:-1]},"checkpoints":[{",".join(entry_json)}]}}'.encode()
-    atomic_write(Path(run_dir) / MANIFEST, data)
-    return len(data)
+    with atomic_file(Path(run_dir) / MANIFEST, sync_dir=sync_dir) as f:
+        f.write(f'{head[:-1]},"checkpoints":[{",".join(entry_json)}]}}'.encode())
+        f.flush()
+        stamp = ManifestStamp.of(os.fstat(f.fileno()))
+    return stamp
+
+
+class ManifestStamp(NamedTuple):
+    """What identifies the manifest a writer wrote: device, inode, size, modification time (ns)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "ManifestStamp":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class StaleManifest(Exception):
     """The manifest on disk is not the one :func:`append_checkpoints` was told about."""
 
 
-def append_checkpoints(run_dir: Path, size: int, entry_json: list[str]) -> int:
+def append_checkpoints(run_dir: Path, stamp: ManifestStamp, entry_json: list[str], *,
+                       sync_dir: bool = True) -> ManifestStamp:
     """Atomically replace the manifest by one that also lists ``entry_json`` (serialised entries
-    whose steps follow the last one listed); returns the new size in bytes.
+    whose steps follow the last one listed); returns the new file's stamp.
 
-    ``size`` is the size of the manifest as this writer last wrote it (by :func:`write_manifest`
+    ``stamp`` is that of the manifest as this writer last wrote it (by :func:`write_manifest`
     or this function). The new file is built beside it as :func:`atomic_write` builds one (temp
-    file, fsync, rename, directory fsync), but its unchanged bytes are copied by the kernel
-    (``copy_file_range``; a shared extent where the file system supports reflinks), so a group
-    commit costs Python the new entries only, not the whole history (a 100,000-checkpoint
-    manifest is 20 MB). Raises :class:`StaleManifest` if the file is not what ``size`` says; the
+    file, fsync, rename, directory fsync unless ``sync_dir=False``), but its unchanged bytes are
+    copied by the kernel (``copy_file_range``; a shared extent where the file system supports
+    reflinks), so a group commit costs Python the new entries only, not the whole history (a
+    100,000-checkpoint manifest is 24 MB). Raises :class:`StaleManifest` if the file is not a
+    regular file with that stamp (replaced, edited, a symlink or a FIFO planted there); the
     caller then rewrites it whole."""
     path = Path(run_dir) / MANIFEST
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        src = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        src = os.open(path, flags)  # O_NONBLOCK: a FIFO planted there must not block the writer
     except OSError as exc:
         raise StaleManifest(f"{path}: {exc}") from exc
     try:
-        end = os.pread(src, 3, size - 3) if size >= 3 else b""
-        if os.fstat(src).st_size != size or len(end) != 3 or end[1:] != b"]}":
-            raise StaleManifest(f"{path}: not the {size}-byte manifest this writer wrote")
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode) or ManifestStamp.of(st) != stamp or st.st_size < 3:
+            raise StaleManifest(f"{path}: not the manifest this writer wrote (replaced or changed since)")
+        end = os.pread(src, 3, st.st_size - 3)
+        if end[1:] != b"]}":
+            raise StaleManifest(f"{path}: does not end its checkpoint list as this writer does")
         sep = b"" if end[:1] == b"[" else b","
         tail = sep + ",".join(entry_json).encode() + b"]}"
-        with atomic_file(path) as f:
+        with atomic_file(path, sync_dir=sync_dir) as f:
             dst = f.fileno()
-            _copy_range(src, dst, size - 2)
-            _pwrite_all(dst, tail, size - 2)
+            _copy_range(src, dst, st.st_size - 2)
+            _pwrite_all(dst, tail, st.st_size - 2)
+            new = ManifestStamp.of(os.fstat(dst))
     finally:
         os.close(src)
-    return size - 2 + len(tail)
+    return new
 
 
 def _copy_range(src: int, dst: int, n: int) -> None:

@@ -210,7 +210,7 @@ class Recorder:
             raise ValueError(f"include={include!r}/exclude={exclude!r} select no tensor of {type(model).__name__}")
         self.flush_interval = flush_interval
         self._lock = threading.Lock()
-        self._manifest_size: int | None = None  # bytes of the manifest as _commit last wrote it
+        self._manifest_stamp = None  # the manifest as _commit last wrote it (ManifestStamp)
         snapshot = sum(t.numel() * t.element_size() for t, _ in self.tensors.values())
         self.layout = SnapshotLayout({n: t for n, (t, _) in self.tensors.items()},
                                      max_buffers=min(512, max_pending_bytes // max(1, snapshot)))
@@ -308,23 +308,33 @@ class Recorder:
         (:func:`~trajlib.manifest.append_checkpoints`), so a commit costs the new entries, not
         the run's history. If the manifest cannot be written, the in-memory manifest is left as
         it was: those checkpoints are reported as not saved, and their files are removed at the
-        next resume."""
+        next resume. Once the new manifest is in place they are listed, whatever follows: a
+        failed directory sync after the rename is logged (a machine crash could still lose the
+        rename), never reported as a lost checkpoint."""
         fsync_dir(self.run_dir)  # the renames are durable before the manifest lists them
         with self._lock:
             listed = self.manifest["checkpoints"]
             steps = [c["step"] for c in listed[-1:] + done]
-            if self._manifest_size is not None and all(a < b for a, b in zip(steps, steps[1:])):
+            stamp = None
+            if self._manifest_stamp is not None and all(a < b for a, b in zip(steps, steps[1:])):
                 try:
-                    self._manifest_size = append_checkpoints(self.run_dir, self._manifest_size,
-                                                             [dumps(e) for e in done])
+                    stamp = append_checkpoints(self.run_dir, self._manifest_stamp, [dumps(e) for e in done],
+                                               sync_dir=False)
                     listed.extend(done)
-                    return
                 except StaleManifest as exc:
                     log.warning("%s; rewriting it whole", exc)
-                    self._manifest_size = None
-            checkpoints = sorted(listed + done, key=lambda c: c["step"])
-            self._manifest_size = write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints})
-            self.manifest["checkpoints"] = checkpoints
+                    self._manifest_stamp = None
+            if stamp is None:
+                checkpoints = sorted(listed + done, key=lambda c: c["step"])
+                stamp = write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints}, sync_dir=False)
+                self.manifest["checkpoints"] = checkpoints
+            self._manifest_stamp = stamp
+        try:
+            fsync_dir(self.run_dir)
+        except OSError as exc:
+            log.error("%s: the manifest now lists step(s) %d..%d, but syncing the directory after its rename "
+                      "failed (%s): a machine crash could still lose that rename", self.run_dir, done[0]["step"],
+                      done[-1]["step"], exc)
 
     def flush(self) -> None:
         """Block until every snapshot taken so far is on disk; raise naming any step not saved."""
