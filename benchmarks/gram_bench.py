@@ -16,6 +16,10 @@ three with a warm page cache:
   triangle of G, 2P flops an entry), so T(T+1)P / peak is a bound no fp64 pass can beat.
   trajlib's time is printed as a multiple of it, with the GFLOP/s it reached.
 
+``--products 64 256 1024`` times the CPU product alone, each way the engine could take it (its
+OpenBLAS ``dsyrk`` into G, numpy's ``R @ R.T`` into a scratch, torch row tiles, one square addmm),
+as a fraction of the fp64 peak bound.
+
 ``--sweep`` repeats trajlib, sklearn and the bound at more T with the same bytes on disk
 (P = T₀·P₀ / T), so time over T shows where the pass is compute-bound (∝ T at fixed bytes,
 i.e. ∝ T² at fixed P).
@@ -227,15 +231,98 @@ def run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+PRODUCTS = ("syrk", "numpy matmul", "tiles", "square")
+
+
+def product_seconds(product: str, T: int, total_bytes: int, workers: int = 2) -> float:
+    """Seconds of the CPU product alone (no read, no conversion) over (T, sub) float64 row
+    blocks totalling ``total_bytes``, split over ``workers`` threads as the engine splits a pass:
+    "syrk" is the engine's (OpenBLAS dsyrk adding into G), "numpy matmul" the engine's before it
+    (``R @ R.T`` into a scratch, then added), "tiles" torch row tiles of 64, "square" one addmm."""
+    import threading
+
+    import torch
+
+    from trajlib import blas
+    from trajlib.gram import COMPUTE_BYTES, ROW_TILE
+    from trajlib.threads import single_threaded
+
+    sub = max(256, COMPUTE_BYTES // (8 * T))
+    Gs = [torch.zeros(T, T, dtype=torch.float64) for _ in range(workers)]
+    Rs = [torch.randn(T, sub, dtype=torch.float64) for _ in range(workers)]
+    scratch = [np.empty((T, T)) for _ in range(workers)]
+    count = max(1, total_bytes // (8 * T * sub * workers))
+
+    def work(w: int) -> None:
+        R, G = Rs[w], Gs[w]
+        with single_threaded():
+            for _ in range(count):
+                if product == "syrk":
+                    blas.syrk_lower_add(R, G)
+                elif product == "numpy matmul":
+                    Rn = R.numpy()
+                    np.matmul(Rn, Rn.T, out=scratch[w])
+                    G.numpy().__iadd__(scratch[w])
+                elif product == "tiles":
+                    for a in range(0, T, ROW_TILE):
+                        b = min(T, a + ROW_TILE)
+                        G[a:b, :b].addmm_(R[a:b], R[:b].T)
+                else:
+                    G.addmm_(R, R.T)
+
+    with blas.numpy_blas_single_threaded():
+        pool = [threading.Thread(target=work, args=(w,)) for w in range(1, workers)]
+        t0 = time.perf_counter()
+        for th in pool:
+            th.start()
+        work(0)
+        for th in pool:
+            th.join()
+        return time.perf_counter() - t0
+
+
+def products(Ts: list[int], peak_gflops: float, total_bytes: int = 256 << 20, repeat: int = 3) -> list[dict]:
+    """Best-of-``repeat`` seconds of each product at each T, and the fraction of the fp64 peak
+    bound over the T(T+1)·columns flops of a lower triangle (the square's extra half counts
+    against it)."""
+    from trajlib import blas
+
+    rows = []
+    for T in Ts:
+        cols = total_bytes // (8 * T)
+        bound = T * (T + 1) * cols / (peak_gflops * 1e9)
+        for product in PRODUCTS:
+            if product in ("syrk", "numpy matmul") and not blas.has_syrk():
+                continue
+            best = min(product_seconds(product, T, total_bytes) for _ in range(repeat))
+            rows.append({"T": T, "product": product, "seconds": best, "of_bound": bound / best})
+    return rows
+
+
 def main() -> None:
     p = run_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--naive-T", type=int, default=12)
     p.add_argument("--sweep", type=int, nargs="*", default=[256, 1024],
                    help="more T at the same bytes on disk (trajlib, sklearn and the bound)")
     p.add_argument("--save", help="write the results as JSON (rendered on the book's methods page)")
+    p.add_argument("--products", type=int, nargs="+", metavar="T",
+                   help="only the CPU product at these T (no read, no conversion), each way the engine could "
+                        "take it; with --save, added to that file")
     args = p.parse_args()
     if args.method:
         return child(args)
+    if args.products:
+        peak = run_method("peak", Path(args.run), args, args.T)["gflops"]
+        rows = products(args.products, peak)
+        print(f"the CPU product alone, 256 MiB of float64 rows, 2 worker threads; fp64 peak {peak:.1f} GFLOP/s")
+        print(f"{'T':>5s} {'product':>13s} {'seconds':>8s} {'of the bound':>12s}")
+        for r in rows:
+            print(f"{r['T']:5d} {r['product']:>13s} {r['seconds']:8.3f} {r['of_bound']:11.0%}")
+        if args.save:
+            doc = json.loads(Path(args.save).read_text()) if Path(args.save).is_file() else {}
+            doc["products"] = {"peak_gflops": peak, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+            Path(args.save).write_text(json.dumps(doc, indent=1))
+        return
     run = Path(args.run)
     build_run(run, args.T, args.P)
     nbytes = sum(f.stat().st_size for f in files(run))

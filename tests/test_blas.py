@@ -30,5 +30,7 @@ def test_syrk_refuses_what_it_would_misread():
         blas.syrk_lower_add(torch.ones(4, 8, dtype=torch.float32), G)
     with pytest.raises(ValueError, match="C-contiguous"):
         blas.syrk_lower_add(torch.ones(8, 4, dtype=torch.float64).T, G)  # a transposed view
+    with pytest.raises(ValueError, match="CPU"):  # a pointer that is not host memory would crash the process
+        blas.syrk_lower_add(torch.ones(4, 8, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match=r"G \(3, 3\)"):
         blas.syrk_lower_add(torch.ones(4, 8, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64))

@@ -279,7 +279,7 @@ def test_every_cpu_product_matches_the_oracle(tmp_path, monkeypatch, product):
     engine = sys.modules["trajlib.gram"]
     if product == "syrk" and not engine.has_syrk():
         pytest.skip("numpy's BLAS is not an OpenBLAS with CBLAS this process can hold at one thread")
-    monkeypatch.setattr(engine, "_product", lambda T: product)
+    monkeypatch.setattr(engine, "_product", lambda T, workers=2: product)
     rng = np.random.default_rng(11)
     thetas = random_walk(rng, {"w": (700,), "v": (9, 13)}, 150)
     stats = trajlib.gram(trajlib.open_trajectory(write_run(tmp_path / "r", thetas)), cache=False,

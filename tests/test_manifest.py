@@ -64,3 +64,18 @@ def test_only_the_file_this_writer_wrote_is_appended_to(tmp_path):
     os.mkfifo(path)  # opening a FIFO for reading would wait for a writer forever
     with pytest.raises(StaleManifest, match="not the manifest"):
         append(stamp)
+
+
+def test_a_copy_of_the_wrong_size_is_never_renamed_into_place(tmp_path, monkeypatch):
+    stamp = write_manifest(tmp_path, {**new_manifest([], {}, {}), "checkpoints": [entry(0)]})
+    before = (tmp_path / MANIFEST).read_bytes()
+
+    def overlong(src, dst, count, offset_src, offset_dst):  # a file system bug: a stray byte far past the end
+        os.pwrite(dst, os.pread(src, count, offset_src), offset_dst)
+        os.pwrite(dst, b"\0", offset_dst + count + 4096)
+        return count
+    monkeypatch.setattr(os, "copy_file_range", overlong)
+    with pytest.raises(StaleManifest, match="the copy came out at"):
+        append_checkpoints(tmp_path, stamp, [dumps(entry(1))])
+    assert (tmp_path / MANIFEST).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # no temporary file left behind

@@ -5,8 +5,11 @@ numpy's Linux wheels bundle an OpenBLAS with 64-bit integers and decorated symbo
 its ``cblas_dsyrk`` with β = 1, so each column sub-block adds its lower triangle straight into
 G: half the flops of a square product, and no (T, T) scratch to fill, mirror and add per
 sub-block (what ``R @ R.T`` through numpy costs; measured 5-10 % of a T = 256 pass on 2 cores).
-Found among the process's mapped libraries (Linux); any other BLAS under numpy, or another
-platform, gives None and the engine keeps its torch product.
+Found among the process's mapped libraries (Linux: the OpenBLAS mapped into the process, which
+is numpy's unless another library brought its own); any other BLAS, or another platform, gives
+None and the engine keeps its torch product. The integer width of the call is the one the build
+reports (``USE64BITINT`` in ``openblas_get_config``), never guessed from a symbol's name; a
+build that does not say gets no direct ``dsyrk``.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ class OpenBLAS:
 
 @functools.lru_cache(maxsize=1)
 def numpy_openblas() -> OpenBLAS | None:
-    """The OpenBLAS numpy loaded (found in /proc/self/maps), or None."""
+    """The OpenBLAS mapped into this process (numpy's; found in /proc/self/maps), or None."""
     import numpy  # noqa: F401  (loads numpy's BLAS)
 
     try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()}
+        with open("/proc/self/maps") as f:  # address perms offset dev inode path (which may hold spaces)
+            paths = {parts[5].rstrip("\n") for parts in (line.split(maxsplit=5) for line in f)
+                     if len(parts) == 6 and "openblas" in parts[5].rsplit("/", 1)[-1].lower()}
     except OSError:
         return None
     for path in sorted(paths):
@@ -62,9 +66,11 @@ def numpy_openblas() -> OpenBLAS | None:
 
 def _dsyrk(lib, prefix: str, suffix: str):
     fn = getattr(lib, f"{prefix}cblas_dsyrk{suffix}", None)
-    if fn is None:
+    config = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
+    if fn is None or config is None:
         return None
-    n = ctypes.c_int64 if "64" in suffix else ctypes.c_int  # the integer width of the build
+    config.restype, config.argtypes = ctypes.c_char_p, []
+    n = ctypes.c_int64 if b"USE64BITINT" in (config() or b"") else ctypes.c_int  # the build's integer width
     e, d, p = ctypes.c_int, ctypes.c_double, ctypes.c_void_p
     fn.restype = None
     fn.argtypes = [e, e, e, n, n, d, p, n, d, p, n]
@@ -80,8 +86,10 @@ def has_syrk() -> bool:
 def syrk_lower_add(R: torch.Tensor, G: torch.Tensor) -> None:
     """Add the lower triangle of R Rᵀ to G's: R (T, m), G (T, T), both C-contiguous float64
     on the CPU. G's strict upper triangle is left untouched (mirror it once at the end)."""
+    if not has_syrk():
+        raise RuntimeError("syrk_lower_add needs numpy's BLAS to be an OpenBLAS with CBLAS (see has_syrk())")
     T, m = R.shape
-    if (R.dtype != torch.float64 or G.dtype != torch.float64 or R.device.type != "cpu"
+    if (R.dtype != torch.float64 or G.dtype != torch.float64 or R.device.type != "cpu" or G.device.type != "cpu"
             or G.shape != (T, T) or not (R.is_contiguous() and G.is_contiguous())):
         raise ValueError(f"syrk_lower_add needs C-contiguous float64 CPU tensors R (T, m) and G (T, T); "
                          f"got R {tuple(R.shape)} {R.dtype}, G {tuple(G.shape)} {G.dtype}")

@@ -95,15 +95,16 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
 ROW_TILE = 64  # rows of one tile of the lower-triangle product ("tiles")
 
 
-def _product(T: int) -> str:
+def _product(T: int, workers: int = 2) -> str:
     """The lower-triangle product for T rows on the CPU. Measured on 2 cores (AVX-512, MKL 2024
     in torch, OpenBLAS 0.3.31 in numpy), whole passes over 1 GiB runs, best of six: OpenBLAS's
     ``dsyrk`` adding into G beat numpy's ``R @ R.T`` (the same dsyrk into a scratch, then mirrored
     and added) by 0-3 % at T = 64, 5-10 % at T = 256, and torch row tiles of 64 by 3 % at
     T = 1024; alone on one core it reaches 0.77 (T = 64) and 0.97 (T = 256) of the fp64 peak over
     the T(T+1)·m flops of a triangle. It needs numpy's BLAS held at one thread per call (two
-    workers calling a 2-thread OpenBLAS measured 3-10× slower); without that, torch row tiles."""
-    if has_syrk():
+    workers calling a 2-thread OpenBLAS measured 3-10× slower); without that, torch row tiles.
+    A lone worker (a one-block plan) keeps torch's threads for its tiles unless torch has one."""
+    if has_syrk() and (workers > 1 or torch.get_num_threads() == 1):
         return "syrk"
     return "tiles" if T > ROW_TILE else "square"
 
@@ -207,7 +208,7 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
     workers = max(1, min(workers or torch.get_num_threads(), len(order) or 1))
     partial = [torch.zeros(S, T, T, dtype=torch.float64) for _ in range(workers)]
     errors: list[BaseException] = []
-    product = _product(T)
+    product = _product(T, workers)
 
     def work(w: int) -> None:
         try:

@@ -97,32 +97,41 @@ def dumps(obj) -> str:
 
 
 def write_manifest(run_dir: Path, manifest: dict, entry_json: list[str] | None = None, *,
-                   sync_dir: bool = True) -> "ManifestStamp":
-    """Atomically rewrite the manifest; returns the new file's :class:`ManifestStamp`.
-    ``entry_json``: the checkpoints already serialised (one string per entry, in order). The
-    checkpoint list is the last key, so :func:`append_checkpoints` can extend the file without
-    parsing it. ``sync_dir``: as for :func:`atomic_write`."""
+                   sync_dir: bool = True) -> "ManifestStamp | None":
+    """Atomically rewrite the manifest; returns the new file's :class:`ManifestStamp` (None if
+    it cannot be read back). ``entry_json``: the checkpoints already serialised (one string per
+    entry, in order). The checkpoint list is the last key, so :func:`append_checkpoints` can
+    extend the file without parsing it. ``sync_dir``: as for :func:`atomic_write`."""
     if entry_json is None:
         entry_json = [dumps(e) for e in manifest["checkpoints"]]
     head = dumps({k: v for k, v in manifest.items() if k != "checkpoints"})
-    with atomic_file(Path(run_dir) / MANIFEST, sync_dir=sync_dir) as f:
-        f.write(f'{head[:-1]},"checkpoints":[{",".join(entry_json)}]}}'.encode())
-        f.flush()
-        stamp = ManifestStamp.of(os.fstat(f.fileno()))
-    return stamp
+    path = Path(run_dir) / MANIFEST
+    atomic_write(path, f'{head[:-1]},"checkpoints":[{",".join(entry_json)}]}}'.encode(), sync_dir=sync_dir)
+    return ManifestStamp.read(path)
 
 
 class ManifestStamp(NamedTuple):
-    """What identifies the manifest a writer wrote: device, inode, size, modification time (ns)."""
+    """What identifies the manifest a writer wrote: device, inode, size, and the modification and
+    status-change times (ns), read after its rename."""
 
     dev: int
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> "ManifestStamp":
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    @classmethod
+    def read(cls, path: Path) -> "ManifestStamp | None":
+        """The stamp of ``path`` (not following a symlink), or None: the next commit then
+        rewrites the manifest whole. Never raises: the file is already in place."""
+        try:
+            return cls.of(os.lstat(path))
+        except OSError:
+            return None
 
 
 class StaleManifest(Exception):
@@ -130,18 +139,20 @@ class StaleManifest(Exception):
 
 
 def append_checkpoints(run_dir: Path, stamp: ManifestStamp, entry_json: list[str], *,
-                       sync_dir: bool = True) -> ManifestStamp:
+                       sync_dir: bool = True) -> ManifestStamp | None:
     """Atomically replace the manifest by one that also lists ``entry_json`` (serialised entries
-    whose steps follow the last one listed); returns the new file's stamp.
+    whose steps follow the last one listed); returns the new file's stamp (see
+    :meth:`ManifestStamp.read`).
 
     ``stamp`` is that of the manifest as this writer last wrote it (by :func:`write_manifest`
     or this function). The new file is built beside it as :func:`atomic_write` builds one (temp
     file, fsync, rename, directory fsync unless ``sync_dir=False``), but its unchanged bytes are
     copied by the kernel (``copy_file_range``; a shared extent where the file system supports
-    reflinks), so a group commit costs Python the new entries only, not the whole history (a
-    100,000-checkpoint manifest is 24 MB). Raises :class:`StaleManifest` if the file is not a
-    regular file with that stamp (replaced, edited, a symlink or a FIFO planted there); the
-    caller then rewrites it whole."""
+    reflinks), so Python serialises the new entries only, not the whole history; the bytes
+    copied and fsynced still grow with the manifest (24 MB at 100,000 checkpoints) unless the
+    file system shares extents. Raises :class:`StaleManifest`, with the manifest untouched, if
+    the file is not a regular file with that stamp (replaced, edited, a symlink or a FIFO planted
+    there) or the copy does not come out at the expected size; the caller then rewrites it whole."""
     path = Path(run_dir) / MANIFEST
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -159,12 +170,19 @@ def append_checkpoints(run_dir: Path, stamp: ManifestStamp, entry_json: list[str
         tail = sep + ",".join(entry_json).encode() + b"]}"
         with atomic_file(path, sync_dir=sync_dir) as f:
             dst = f.fileno()
-            _copy_range(src, dst, st.st_size - 2)
+            try:
+                _copy_range(src, dst, st.st_size - 2)
+            finally:  # closed before the rename: nothing may fail once the new manifest is in place
+                os.close(src)
+                src = None
             _pwrite_all(dst, tail, st.st_size - 2)
-            new = ManifestStamp.of(os.fstat(dst))
+            size = os.fstat(dst).st_size
+            if size != st.st_size - 2 + len(tail):
+                raise StaleManifest(f"{path}: the copy came out at {size} bytes, not {st.st_size - 2 + len(tail)}")
     finally:
-        os.close(src)
-    return new
+        if src is not None:
+            os.close(src)
+    return ManifestStamp.read(path)
 
 
 def _copy_range(src: int, dst: int, n: int) -> None:

@@ -13,8 +13,8 @@ the disk. Snapshots waiting in memory are bounded by ``max_pending_bytes``.
 
 Durability: every file is written under a temporary name and renamed into place; the manifest
 lists it only once its data and rename are durable, and is replaced once per group of
-checkpoints (snapshots reach the writer at most ``flush_interval`` seconds apart) by a copy that
-appends the group, so a commit's cost does not grow with the run. A killed
+checkpoints (snapshots reach the writer at most ``flush_interval`` seconds apart) by a kernel
+copy that appends the group: Python serialises the group only, whatever the run's length. A killed
 process loses only snapshots not yet committed: those of its last ``flush_interval`` seconds, and
 never more than the snapshot pool (``max_pending_bytes`` / snapshot size, at least 2; a
 snapshot's buffer returns to the pool only once it is committed, and ``save`` waits for a free
@@ -305,8 +305,8 @@ class Recorder:
     def _commit(self, done: list[dict]) -> None:
         """Writer thread: list completed checkpoints in the manifest (after a directory sync).
         The first commit rewrites the manifest whole; later ones append to it
-        (:func:`~trajlib.manifest.append_checkpoints`), so a commit costs the new entries, not
-        the run's history. If the manifest cannot be written, the in-memory manifest is left as
+        (:func:`~trajlib.manifest.append_checkpoints`), so Python serialises the new entries
+        only (the kernel copies the rest). If the manifest cannot be written, the in-memory manifest is left as
         it was: those checkpoints are reported as not saved, and their files are removed at the
         next resume. Once the new manifest is in place they are listed, whatever follows: a
         failed directory sync after the rename is logged (a machine crash could still lose the
@@ -315,16 +315,17 @@ class Recorder:
         with self._lock:
             listed = self.manifest["checkpoints"]
             steps = [c["step"] for c in listed[-1:] + done]
-            stamp = None
+            appended = False
             if self._manifest_stamp is not None and all(a < b for a, b in zip(steps, steps[1:])):
                 try:
                     stamp = append_checkpoints(self.run_dir, self._manifest_stamp, [dumps(e) for e in done],
                                                sync_dir=False)
                     listed.extend(done)
+                    appended = True
                 except StaleManifest as exc:
                     log.warning("%s; rewriting it whole", exc)
                     self._manifest_stamp = None
-            if stamp is None:
+            if not appended:
                 checkpoints = sorted(listed + done, key=lambda c: c["step"])
                 stamp = write_manifest(self.run_dir, {**self.manifest, "checkpoints": checkpoints}, sync_dir=False)
                 self.manifest["checkpoints"] = checkpoints
