@@ -244,7 +244,7 @@ def product_seconds(product: str, T: int, total_bytes: int, workers: int = 2) ->
     import torch
 
     from trajlib import blas
-    from trajlib.gram import COMPUTE_BYTES, ROW_TILE
+    from trajlib.gram import COMPUTE_BYTES, _multiply
     from trajlib.threads import single_threaded
 
     sub = max(256, COMPUTE_BYTES // (8 * T))
@@ -257,18 +257,12 @@ def product_seconds(product: str, T: int, total_bytes: int, workers: int = 2) ->
         R, G = Rs[w], Gs[w]
         with single_threaded():
             for _ in range(count):
-                if product == "syrk":
-                    blas.syrk_lower_add(R, G)
-                elif product == "numpy matmul":
+                if product == "numpy matmul":
                     Rn = R.numpy()
                     np.matmul(Rn, Rn.T, out=scratch[w])
                     G.numpy().__iadd__(scratch[w])
-                elif product == "tiles":
-                    for a in range(0, T, ROW_TILE):
-                        b = min(T, a + ROW_TILE)
-                        G[a:b, :b].addmm_(R[a:b], R[:b].T)
                 else:
-                    G.addmm_(R, R.T)
+                    _multiply(R, G, product)
 
     with blas.numpy_blas_single_threaded():
         pool = [threading.Thread(target=work, args=(w,)) for w in range(1, workers)]

@@ -82,14 +82,20 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
         theta.copy_(S[:, c: c + m])
         R[0].copy_(theta[0])
         torch.sub(theta[1:], theta[:-1], out=R[1:])
-        if product == "syrk":
-            syrk_lower_add(R, G)
-        elif product == "tiles":
-            for a in range(0, T, ROW_TILE):
-                b = min(T, a + ROW_TILE)
-                G[a:b, :b].addmm_(R[a:b], R[:b].T)
-        else:
-            G.addmm_(R, R.T)
+        _multiply(R, G, product)
+
+
+def _multiply(R: torch.Tensor, G: torch.Tensor, product: str) -> None:
+    """G += R Rᵀ for R (T, m) float64, the way ``product`` says (see :func:`_block_gram`)."""
+    if product == "syrk":
+        syrk_lower_add(R, G)
+    elif product == "tiles":
+        T = R.shape[0]
+        for a in range(0, T, ROW_TILE):
+            b = min(T, a + ROW_TILE)
+            G[a:b, :b].addmm_(R[a:b], R[:b].T)
+    else:
+        G.addmm_(R, R.T)
 
 
 ROW_TILE = 64  # rows of one tile of the lower-triangle product ("tiles")
