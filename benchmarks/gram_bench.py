@@ -362,6 +362,9 @@ def main() -> None:
         doc = {"benchmark": "gram_bench", "T": args.T, "P": args.P, "run_bytes": nbytes, "cores": os.cpu_count(),
                "machine": platform.machine(), "date": _time.strftime("%Y-%m-%d"), "peak_gflops": peak,
                "bound_seconds": bound, "rows": [{"method": k, **v} for k, v in results.items()], "sweep": sweep}
+        old = json.loads(Path(args.save).read_text()) if Path(args.save).is_file() else {}
+        if "products" in old:  # measured by --products, kept
+            doc["products"] = old["products"]
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps(doc, indent=1))
 
