@@ -92,7 +92,7 @@ def test_methods_page_renders_the_contention_table(tmp_path):
     assert "2 torch threads, tmpfs, 97,088-byte files, median of 9 paired runs" in text
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith(("| thread", "| process"))]
-    assert rows == [["thread", "no", "+16%", "0.9", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"],
+    assert rows == [["thread", "no", "+16%", "0.90", "+17%"], ["process", "yes", "+7%", "0.41", "+16%"],
                     ["process", "no", "+0%", "1.02", "+0%"]]  # never "-0%"
 
 

@@ -192,3 +192,13 @@ def test_figure_pages_show_no_stray_warnings(ci_book):
     for page in figure_pages(root):
         found = re.findall(r"\b\w*Warning: [^<]{0,80}", page.read_text())
         assert not found, f"{page.name}: {found[0]}"
+
+
+def test_markdown_tables_show_cells_as_given_and_right_align_numbers():
+    from trajlib.paper.book import _markdown
+
+    lines = _markdown([{"n": "2.0", "name": "syrk", "share": "94% (0.086 s)"},
+                       {"n": "1,024", "name": "tiles", "share": "—"}]).splitlines()
+    assert [c.strip() for c in lines[2].strip("|").split("|")] == ["2.0", "syrk", "94% (0.086 s)"]  # not "2"
+    marks = lines[1].strip("|").split("|")
+    assert [m.startswith(":") for m in marks] == [False, True, True] and marks[0].endswith(":")  # n right, text left

@@ -396,11 +396,17 @@ def _percent(fraction: float) -> str:
     return f"{round(100 * fraction) + 0:+d}%"
 
 
+_NUMBER = re.compile(r"[+\-−]?[\d,]*\.?\d+(e[+\-]?\d+)?\s*[%x×]?")
+
+
 def _markdown(rows: list[dict]) -> str:
-    """A Markdown (pipe) table of ``rows``, every cell shown as given."""
+    """A Markdown (pipe) table of ``rows``, every cell shown as given (tabulate would reformat
+    "2.0" as "2"); columns whose cells are all numbers are right-aligned."""
     import pandas as pd
 
-    return pd.DataFrame(rows).astype(str).to_markdown(index=False)
+    df = pd.DataFrame(rows).astype(str)
+    align = ["right" if df[c].map(lambda v: bool(_NUMBER.fullmatch(v.strip()))).all() else "left" for c in df]
+    return df.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_going: bool = False,
