@@ -306,11 +306,11 @@ class Recorder:
         """Writer thread: list completed checkpoints in the manifest (after a directory sync).
         The first commit rewrites the manifest whole; later ones append to it
         (:func:`~trajlib.manifest.append_checkpoints`), so Python serialises the new entries
-        only (the kernel copies the rest). If the manifest cannot be written, the in-memory manifest is left as
-        it was: those checkpoints are reported as not saved, and their files are removed at the
-        next resume. Once the new manifest is in place they are listed, whatever follows: a
-        failed directory sync after the rename is logged (a machine crash could still lose the
-        rename), never reported as a lost checkpoint."""
+        only (the kernel copies the rest). If the manifest cannot be written, the in-memory
+        manifest is left as it was: those checkpoints are reported as not saved, and their files
+        are removed at the next resume. Once the new manifest is in place they are listed,
+        whatever follows: a failed directory sync after the rename is logged (a machine crash
+        could still lose the rename), never reported as a lost checkpoint."""
         fsync_dir(self.run_dir)  # the renames are durable before the manifest lists them
         with self._lock:
             listed = self.manifest["checkpoints"]

@@ -269,7 +269,7 @@ def benchmark_tables(folder: Path) -> str:
 
 
 def _commit_tables(d: dict) -> list[str]:
-    """The group-commit benchmark: one commit's cost against the run's length, both ways."""
+    """The group-commit benchmark: one commit's cost against the run's length, three ways."""
     out = []
     for k, run in enumerate(d["runs"]):
         out += [(f"**A group commit over a long run** (`benchmarks/manifest_bench.py`, {run['group']} checkpoints "
