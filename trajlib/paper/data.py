@@ -54,6 +54,23 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def embedded_inputs() -> dict[str, dict]:
+    """The sha256 and size of each embedded data input, as the loaders above read it: the digits
+    images and labels (scikit-learn's bundled copy) and the pydoc topics text (UTF-8). Recorded
+    in every results JSON: a different scikit-learn or CPython release may ship different bytes."""
+    import hashlib
+
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, target = np.ascontiguousarray(bunch.images), np.ascontiguousarray(bunch.target)
+    text = pydoc_text().encode()
+    digest = hashlib.sha256(images.tobytes())
+    digest.update(target.astype(np.int64).tobytes())
+    return {"digits": {"sha256": digest.hexdigest(), "shape": list(images.shape)},
+            "pydoc_topics": {"sha256": hashlib.sha256(text).hexdigest(), "bytes": len(text)}}
+
+
 @dataclass
 class CharCorpus:
     """A character-level corpus: ``ids`` int64 (N,), split into train and held-out tails."""

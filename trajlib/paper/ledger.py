@@ -86,7 +86,10 @@ def glue_all(**values) -> None:
 
 def write_results(name: str, *, title: str, claims: list[dict], values: dict, parameters: dict,
                   results_dir: str | Path = "results") -> Path:
-    """Write ``results_dir/<name>.json`` atomically: title, preset, parameters, values, claims."""
+    """Write ``results_dir/<name>.json`` atomically: title, preset, the resolved parameters,
+    values, claims, and what decides the numbers (:func:`~trajlib.paper.provenance.provenance`)."""
+    from .provenance import provenance
+
     for row in claims:
         missing = {"claim", "paper", "source", "kind", "ours", "verdict"} - set(row)
         if missing:
@@ -94,7 +97,7 @@ def write_results(name: str, *, title: str, claims: list[dict], values: dict, pa
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"notebook": name, "title": title, "preset": parameters.get("preset", "ci"),
-           "parameters": parameters, "values": values, "claims": claims}
+           "parameters": parameters, "provenance": provenance(parameters), "values": values, "claims": claims}
     path = out / f"{name}.json"
     atomic_write(path, json.dumps(doc, indent=1, default=_jsonable).encode())
     return path
