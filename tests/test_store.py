@@ -34,7 +34,7 @@ def test_missing_run_and_unknown_source_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         trajlib.open_trajectory(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no checkpoint subdirectories"):
+    with pytest.raises(FileNotFoundError, match=r"empty: no checkpoints \(looked for a trajlib manifest"):
         trajlib.open_trajectory(tmp_path / "empty")
 
 

@@ -1,11 +1,12 @@
 """Checkpoint file formats: one dtype table, the safetensors header (read and write), and readers
-for one checkpoint on disk: safetensors, sharded safetensors, and ``pytorch_model.bin``.
+for one checkpoint on disk: safetensors, sharded safetensors, and ``torch.save`` files
+(``pytorch_model.bin``, a loop's ``.pt``, a Lightning ``.ckpt``).
 
 Every reader exposes the same small interface (:class:`CheckpointReader`): ordered tensor names,
 shapes, dtypes, and ``read(name, start, stop, out)``, which copies a flat element range of a
 tensor into a caller-owned buffer. Safetensors files are parsed directly (8-byte header length,
 JSON header, raw data) and read with ``os.preadv``, so streaming a slice never maps or copies the
-whole file and the resident memory of a Gram pass stays at its block buffers. ``.bin`` files load
+whole file and the resident memory of a Gram pass stays at its block buffers. ``torch.save`` files load
 only through ``torch.load(weights_only=True)``: nothing here unpickles arbitrary objects.
 """
 
@@ -245,27 +246,58 @@ class ShardedCheckpoint(CheckpointReader):
             reader.close()
 
 
-class TorchBinFile(CheckpointReader):
-    """A ``pytorch_model.bin`` state dict, loaded with ``torch.load(weights_only=True)`` only."""
+class TorchSaveFile(CheckpointReader):
+    """A ``torch.save`` checkpoint: ``pytorch_model.bin``, a loop's ``ckpt_{step}.pt``, a nanoGPT
+    ``ckpt.pt`` (weights under ``model``), a Lightning ``.ckpt`` (under ``state_dict``).
 
-    def __init__(self, path: str | Path):
+    Loaded with ``torch.load(weights_only=True)`` only (memory-mapped where the file allows):
+    a file whose pickle needs more than tensors and plain containers is refused, named. Names
+    lose their wrapper prefixes (``_orig_mod.``, ``module.``) and, with ``prefix``, keep only
+    those under it, stripped. Tied tensors (one storage under two names) are read once, under
+    the first name: ``aliases`` maps each dropped name to the kept one. ``fields``: the file's
+    top-level numbers (``global_step``, ``epoch``, ``iter_num``); optimizer state is never read.
+    """
+
+    def __init__(self, path: str | Path, *, prefix: str | None = None):
+        import pickle
+
         import torch
+
+        from .state_dicts import find_weights, shared_aliases, unwrapped
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: checkpoint file is missing")
+
+        def load(**kw):
+            return torch.load(self.path, map_location="cpu", weights_only=True, **kw)
+
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            try:  # legacy (non-zip) serialisation cannot be memory-mapped
-                state = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise TrajectoryError(f"{self.path}: cannot load as a weights-only state dict ({exc})") from exc
+            try:
+                obj = load(mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc):
+                    raise
+                obj = load()  # legacy (non-zip) serialisation cannot be memory-mapped
+        except pickle.UnpicklingError as exc:
+            raise TrajectoryError(
+                f"{self.path}: refused: its pickle needs more than a weights-only load allows ({exc}). "
+                f"trajlib never unpickles arbitrary objects; re-save the weights with "
+                f"torch.save(model.state_dict(), ...) or as safetensors") from None
         except Exception as exc:
-            raise TrajectoryError(f"{self.path}: cannot load as a weights-only state dict ({exc})") from exc
-        if not isinstance(state, dict):
-            raise TrajectoryError(f"{self.path}: holds a {type(state).__name__}, not a state dict")
-        self._tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+            raise TrajectoryError(f"{self.path}: cannot load as a weights-only state dict "
+                                  f"(truncated or not a torch.save file: {exc})") from exc
+        try:
+            state, self.fields = find_weights(obj, str(self.path))
+            state = unwrapped(state, str(self.path))
+        except ValueError as exc:
+            raise TrajectoryError(str(exc)) from None
+        if prefix:
+            state = {n[len(prefix):]: t for n, t in state.items() if n.startswith(prefix)}
+            if not state:
+                raise TrajectoryError(f"{self.path}: no tensor name starts with {prefix!r}")
+        self.aliases = shared_aliases(state)
+        self._tensors = {k: v for k, v in state.items() if k not in self.aliases}
         self.names = list(self._tensors)
         self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
         self.dtypes = {k: dtype_code(v.dtype) for k, v in self._tensors.items()}
@@ -279,16 +311,19 @@ class TorchBinFile(CheckpointReader):
         out[...] = flat.numpy().view(out.dtype)
 
 
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
 def open_file(path: str | Path) -> CheckpointReader:
     """A reader for one checkpoint file, by suffix."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return SafetensorsFile(path)
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return TorchBinFile(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return TorchSaveFile(path)
     if path.name.endswith(".index.json"):
         return ShardedCheckpoint(path)
-    raise TrajectoryError(f"{path}: unknown checkpoint format (expected .safetensors, .bin or an index)")
+    raise TrajectoryError(f"{path}: unknown checkpoint format (expected .safetensors, an index, or a torch.save file: .bin .pt .pth .ckpt)")
 
 
 HF_FILES = (
