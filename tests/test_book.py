@@ -202,3 +202,30 @@ def test_markdown_tables_show_cells_as_given_and_right_align_numbers():
     assert [c.strip() for c in lines[2].strip("|").split("|")] == ["2.0", "syrk", "94% (0.086 s)"]  # not "2"
     marks = lines[1].strip("|").split("|")
     assert [m.startswith(":") for m in marks] == [False, True, True] and marks[0].endswith(":")  # n right, text left
+
+
+def _public_names(module) -> list[str]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [n for n, v in vars(module).items() if not n.startswith("_") and getattr(v, "__module__", None)
+                 == module.__name__]
+    return names
+
+
+def test_reference_page_documents_every_public_name(ci_book):
+    """Every public name of trajlib (its ``__all__``, the modules there included) and of each
+    trajlib.integrations module has an entry on the reference page, built from its docstring."""
+    import importlib
+
+    import trajlib
+
+    root, _, _ = ci_book
+    page = (html_dir(root) / "reference.html").read_text()
+    missing = [n for n in _public_names(trajlib)
+               if f'id="trajlib.{n}"' not in page and f'id="module-trajlib.{n}"' not in page]
+    for sub in ("hf", "lightning", "live", "session"):
+        module = importlib.import_module(f"trajlib.integrations.{sub}")
+        missing += [f"{module.__name__}.{n}" for n in _public_names(module)
+                    if f'id="{module.__name__}.{n}"' not in page]
+    assert not missing, missing
+    assert 'id="trajlib.open_trajectory"' in page and "weights-only" in page  # a docstring, rendered

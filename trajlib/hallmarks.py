@@ -77,7 +77,7 @@ def mean_offdiagonal(C: np.ndarray) -> float:
 
 
 def similarity_by_lag(C: np.ndarray) -> np.ndarray:
-    """Mean of C_ij over |i − j| = k for k = 1..T-1, (T-1,): how fast similarity decays."""
+    """Mean of C_ij over ``|i − j| = k`` for k = 1..T-1, (T-1,): how fast similarity decays."""
     return np.array([np.nanmean(np.diag(C, k)) for k in range(1, len(C))])
 
 
@@ -104,7 +104,7 @@ def prefix_mds(G: np.ndarray) -> np.ndarray:
 
 def saturation_index(curve, *, tol: float) -> int:
     """The first index k after which ``curve`` stays within ``tol`` (absolute) of its last value:
-    |curve[j] − curve[-1]| ≤ tol for every j ≥ k. 0 if it never leaves the band; len − 1 if it
+    ``|curve[j] − curve[-1]| ≤ tol`` for every j ≥ k. 0 if it never leaves the band; len − 1 if it
     enters it only at the end. Applied to :func:`prefix_mds` (notebook 09)."""
     y = np.asarray(curve, dtype=np.float64)
     if y.ndim != 1 or len(y) == 0 or not np.isfinite(y).all():

@@ -1,7 +1,7 @@
 """The loss on a plane through parameter space, with the trajectory drawn on it (Li et al. 2018).
 
 A plane is a center θ_c (a checkpoint's tensors) and two directions d_1, d_2 (name → tensor of
-shape (k, *shape), k ≥ 2; the first two are used): the PCA directions of the trajectory
+shape ``(k, *shape)``, k ≥ 2; the first two are used): the PCA directions of the trajectory
 (:func:`trajlib.pca.directions`) or random filter-normalised ones (:func:`random_directions`,
 loss-landscape's default). :func:`loss_surface` evaluates a user's model and loss on a grid
 θ(a, b) = θ_c + a d_1 + b d_2; :func:`plane_coordinates` projects every checkpoint on any plane
@@ -36,7 +36,7 @@ def random_directions(center: Mapping[str, torch.Tensor], *, k: int = 2, seed: i
     Gaussian, then each filter (slice along dim 0) of a tensor with ≥ 2 dims rescaled to the norm
     of the same filter of ``center``. Tensors with ≤ 1 dim (biases, BatchNorm) get 0
     (``ignore_1d``, ``--xignore biasbn``) or a copy of the center, as loss-landscape does.
-    Returns name → (k, *shape) float64."""
+    Returns name → ``(k, *shape)`` float64."""
     if k < 1:
         raise ValueError(f"k={k}: need at least one direction")
     gen = torch.Generator().manual_seed(seed)
@@ -57,7 +57,7 @@ def random_directions(center: Mapping[str, torch.Tensor], *, k: int = 2, seed: i
 def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: int = -1,
                       block_bytes: int = 8 << 20, device="cpu", progress: bool = True) -> np.ndarray:
     """(T, k): least-squares coordinates of θ_t − θ_center in the span of ``directions``
-    (name → (k, *shape)), for every checkpoint, in one streamed pass.
+    (name → ``(k, *shape)``), for every checkpoint, in one streamed pass.
 
     The pass accumulates ⟨R_r, d_j⟩ over the rows R = [θ_0; u_0..u_{T-2}]; ⟨θ_t − θ_c, d_j⟩ is
     then a sum of ± those over the updates between c and t (no difference of large inner
@@ -95,7 +95,7 @@ def plane_coordinates(traj, directions: Mapping[str, torch.Tensor], *, center: i
 
 def plane_fraction(coords: np.ndarray, directions: Mapping[str, torch.Tensor], G: np.ndarray, *,
                    center: int = -1) -> np.ndarray:
-    """(T,): share of ‖θ_t − θ_center‖² in the plane of ``directions`` (name → (k, *shape)), from
+    """(T,): share of ‖θ_t − θ_center‖² in the plane of ``directions`` (name → ``(k, *shape)``), from
     the :func:`plane_coordinates` ``coords`` (T, k) and the Gram G; NaN at the center. For the
     orthonormal PCA directions this is :func:`trajlib.pca.in_plane_fraction`."""
     from .pca import squared_distances
@@ -142,7 +142,7 @@ def loss_surface(model: nn.Module, loss_fn: Callable, data: Iterable, *, center:
     ``loss_fn(outputs, targets)`` returns a mean over a batch; ``data``: a re-iterable of
     (inputs, targets) batches (a DataLoader, or a list), weighted by batch size. ``center``:
     name → tensor for the model's parameters (and any buffers to load, e.g. BatchNorm running
-    statistics); ``directions``: name → (k ≥ 2, *shape), only the first two used; parameters
+    statistics); ``directions``: name → ``(k ≥ 2, *shape)``, only the first two used; parameters
     without a direction stay at the center. ``batchnorm``: "running" (eval mode) or "batch"
     (BatchNorm uses each batch's statistics; for runs recorded without buffers). The model is
     restored afterwards. Cost: len(alphas) · len(betas) passes over ``data``.

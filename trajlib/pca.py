@@ -202,7 +202,7 @@ def directions(traj, pca: TrajectoryPCA, *, path: str | Path | None = None, spec
     """Write the k unit directions v_k (P-dimensional) as a safetensors file; return its path.
 
     One streamed pass forms v = coef · R block by block (memory O(block), never T × P). The file
-    holds one tensor per recorded tensor of the group, shape (k, *shape) (elements outside the
+    holds one tensor per recorded tensor of the group, shape ``(k, *shape)`` (elements outside the
     group, e.g. other heads of a fused QKV weight, are 0), ``dtype`` F32 or F64, and metadata:
     format, group, convention, steps, explained-variance ratios. ``path``: default
     ``pca-<key>.safetensors`` beside the run (or under ``$TRAJLIB_CACHE``); ``cache`` reuses a
@@ -262,7 +262,7 @@ def _pwrite_all(fd: int, data: bytes, at: int, path: Path) -> None:
 
 @dataclass
 class Directions:
-    """Directions in parameter space: ``tensors[name]`` (k, *shape), float32 or float64 torch
+    """Directions in parameter space: ``tensors[name]`` ``(k, *shape)``, float32 or float64 torch
     tensors; ``meta``: what they are (format, group, convention, explained-variance ratios)."""
 
     tensors: dict[str, torch.Tensor]

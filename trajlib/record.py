@@ -50,7 +50,7 @@ _BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, 
 
 
 def log_linear_steps(last_step: int, *, every: int, log_until: int | None = None) -> list[int]:
-    """Pythia-like schedule: 0, 1, 2, 4, ... (powers of two below ``log_until``, default
+    """A Pythia-like schedule of steps: 0 and the powers of two below ``log_until`` (default
     ``every``), then every ``every`` steps up to ``last_step``."""
     log_until = every if log_until is None else log_until
     steps, k = {0}, 1
