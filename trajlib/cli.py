@@ -1,6 +1,7 @@
-"""The ``trajlib`` command line: ``inspect`` a run and print its hallmarks with ``gram``.
+"""The ``trajlib`` command line: ``inspect`` a run and print its hallmarks with ``gram``; list the
+public checkpoint ``suites`` and ``audit`` one from the hub's metadata.
 
-Exit codes: 0 done (or a clean run); 1 ``inspect`` found problems; 2 bad arguments; 3 the data
+Exit codes: 0 done (or a clean run); 1 ``inspect`` or ``audit`` found problems; 2 bad arguments; 3 the data
 is invalid (a :class:`~trajlib.manifest.TrajectoryError`, one line naming the file); 4 a file or
 folder is missing.
 """
@@ -51,6 +52,38 @@ def _inspect(args) -> int:
     return EXIT_FINDINGS if findings else 0
 
 
+def _suites(args) -> int:
+    from .suites import SUITES
+
+    for s in SUITES.values():
+        steps = s.expected_steps()
+        print(f"{s.name:15s} {len(s.repos):2d} repos  {f'{len(steps)} steps' if steps else 'no schedule':12s}  "
+              f"{', '.join(s.formats)}{'  (' + s.notes + ')' if s.notes else ''}")
+    return 0
+
+
+def _audit(args) -> int:
+    import pandas as pd
+
+    from .audit import audit
+
+    result = audit(args.name, api=_api(args.endpoint))
+    table = result.table if args.all else result.flagged()
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(table.to_string(index=False) if len(table) else "no branch flagged")
+    for repo in result.table.repo.unique():
+        cov = result.coverage(repo)
+        counts = result.table[result.table.repo == repo].status.value_counts().to_dict()
+        print(f"{repo}: {counts}" + (f", coverage {cov:.1%} of the schedule" if cov is not None else ""))
+    return EXIT_FINDINGS if len(result.flagged()) else 0
+
+
+def _api(endpoint):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trajlib", description="Optimisation trajectories: inspect a run, "
                                 "compute its hallmarks.", epilog=__doc__.split("\n\n", 1)[1],
@@ -72,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--no-hash", action="store_true", help="skip sha256 and duplicate checks")
     i.add_argument("--no-finite", action="store_true", help="skip the NaN/Inf scan")
     i.set_defaults(fn=_inspect)
+
+    sub.add_parser("suites", help="list the registered public checkpoint suites").set_defaults(fn=_suites)
+    a = sub.add_parser("audit", help="audit a suite or hub repository from its file metadata (no weights read)")
+    a.add_argument("name", help="a suite (pythia, olmo2, ...) or a repository owner/name")
+    a.add_argument("--endpoint", default=None, help="hub address (default HF_ENDPOINT or huggingface.co)")
+    a.add_argument("--all", action="store_true", help="print every branch, not only the flagged ones")
+    a.set_defaults(fn=_audit)
     return p
 
 

@@ -90,6 +90,11 @@ class DCPCheckpoint(CheckpointReader):
     def file_of(self, name: str) -> Path:
         return self._files.get(name, self.path)
 
+    def identity(self) -> str:
+        """The metadata file and every storage file: path, size, modification time."""
+        files = [self.path / METADATA] + sorted(set(self._files.values()))
+        return "+".join(f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
+
     def _load(self, name: str):
         import torch
         import torch.distributed.checkpoint as dcp

@@ -111,6 +111,11 @@ class CheckpointReader:
     def file_of(self, name: str) -> Path:
         return self.path
 
+    def identity(self) -> str:
+        """What names this checkpoint's bytes without reading them: path, size, modification time."""
+        st = Path(self.path).stat()
+        return f"{self.path}|{st.st_size}|{st.st_mtime_ns}"
+
     def tensor(self, name: str) -> np.ndarray:
         """The whole tensor as a numpy array of its storage dtype, in its shape."""
         shape = self.shapes[name]
@@ -139,21 +144,25 @@ class SafetensorsFile(CheckpointReader):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: checkpoint file is missing")
-        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise TrajectoryError(f"{self.path}: truncated ({size} bytes; no safetensors header)")
-            (hlen,) = struct.unpack("<Q", head)
-            if hlen > min(size - 8, _MAX_HEADER):
-                raise TrajectoryError(
-                    f"{self.path}: corrupt or truncated safetensors header (declares {hlen} bytes, "
-                    f"file has {size})"
-                )
-            try:
-                header = json.loads(f.read(hlen))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise TrajectoryError(f"{self.path}: corrupt safetensors header ({exc})") from exc
+            self._parse_header(self.path.stat().st_size, lambda offset, n: (f.seek(offset), f.read(n))[1])
+
+    def _parse_header(self, size: int, read_at) -> None:
+        """Read and validate the header of a ``size``-byte file through ``read_at(offset, n) → bytes``:
+        sets ``metadata``, ``data_start``, ``shapes``, ``dtypes``, ``offsets`` and ``names``."""
+        head = read_at(0, 8)
+        if len(head) < 8:
+            raise TrajectoryError(f"{self.path}: truncated ({size} bytes; no safetensors header)")
+        (hlen,) = struct.unpack("<Q", head)
+        if hlen > min(size - 8, _MAX_HEADER):
+            raise TrajectoryError(
+                f"{self.path}: corrupt or truncated safetensors header (declares {hlen} bytes, "
+                f"file has {size})"
+            )
+        try:
+            header = json.loads(read_at(8, hlen))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TrajectoryError(f"{self.path}: corrupt safetensors header ({exc})") from exc
         if not isinstance(header, dict):
             raise TrajectoryError(f"{self.path}: safetensors header is a {type(header).__name__}, not an object")
         metadata = header.pop("__metadata__", None) or {}
@@ -214,16 +223,19 @@ class SafetensorsFile(CheckpointReader):
 class ShardedCheckpoint(CheckpointReader):
     """A Hugging Face sharded checkpoint: an index JSON whose ``weight_map`` names each tensor's shard."""
 
-    def __init__(self, index_path: str | Path):
+    def __init__(self, index_path: str | Path, *, weight_map: dict | None = None, open_shard=None):
+        """``weight_map`` (tensor → shard file) and ``open_shard(shard name) → reader`` default to
+        the index file's map and the shard files beside it (remote shards pass both)."""
         self.path = Path(index_path)
-        try:
-            weight_map = json.loads(self.path.read_text())["weight_map"]
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise TrajectoryError(f"{self.path}: unreadable shard index ({exc})") from exc
+        if weight_map is None:
+            try:
+                weight_map = json.loads(self.path.read_text())["weight_map"]
+            except (OSError, KeyError, json.JSONDecodeError) as exc:
+                raise TrajectoryError(f"{self.path}: unreadable shard index ({exc})") from exc
+        open_shard = open_shard or (lambda shard: open_file(self.path.parent / shard))
         self.shards = {}
         for shard in sorted(set(weight_map.values())):
-            shard_path = self.path.parent / shard
-            self.shards[shard] = open_file(shard_path)
+            self.shards[shard] = open_shard(shard)
         self._where = {}
         self.names, self.shapes, self.dtypes = [], {}, {}
         for shard, reader in self.shards.items():
@@ -240,6 +252,9 @@ class ShardedCheckpoint(CheckpointReader):
 
     def file_of(self, name):
         return self._where[name].path
+
+    def identity(self):
+        return "+".join(r.identity() for r in self.shards.values())
 
     def close(self):
         for reader in self.shards.values():

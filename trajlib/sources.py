@@ -330,12 +330,18 @@ def open_trajectory(source: str | Path, *, revisions: Sequence[str] | None = Non
     """Open a trajectory from a run directory, a folder or glob of checkpoints, or the hub.
 
     ``source``: a trajlib run, a Trainer / Hugging Face folder, a folder of DCP saves, a folder,
-    glob (``"out/ckpt_*.pt"``) or single ``torch.save`` file, or a hub repository with
-    ``revisions``. ``steps``: override the steps (a list in sorted order, or a dict by name).
+    glob (``"out/ckpt_*.pt"``) or single ``torch.save`` file, a hub repository with
+    ``revisions`` (downloaded to the cache), or ``"hub:owner/name"``: audited first and streamed by
+    range reads (:func:`trajlib.hub.open_hub_suite`; ``steps`` selects branches). ``steps``: override the steps (a list in sorted order, or a dict by name).
     ``prefix``: keep only tensors under it, stripped (``"model."`` of a LightningModule).
     ``drop_duplicates``: keep one of each set of byte-identical checkpoints (logged).
     ``verify``: re-hash a run's files against its manifest.
     """
+    if isinstance(source, str) and source.startswith("hub:"):  # audited, streamed by range reads
+        from .hub import open_hub_suite
+
+        traj = open_hub_suite(source[4:], steps=steps, **hub_kwargs)
+        return traj.drop_duplicates()[0] if drop_duplicates else traj
     path = Path(source)
     from .shards import is_sharded_run, open_sharded_run
 

@@ -195,8 +195,7 @@ class Trajectory:
         (never hashes computed lazily, so the digest does not change while the data does not)."""
         h = hashlib.sha256()
         for c in self.checkpoints:
-            st = Path(c.reader.path).stat()
-            h.update(f"{c.reader.path}|{st.st_size}|{st.st_mtime_ns}|{c.step}".encode())
+            h.update(f"{c.reader.identity()}|{c.step}".encode())
         for n in self.names:
             h.update(f"{n}|{self.shapes[n]}|{self.dtypes[n]}|{self.kinds[n]}".encode())
         return h.hexdigest()
