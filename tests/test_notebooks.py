@@ -435,3 +435,25 @@ def test_09_dead_ends_stall_and_saturation_recomputes_from_the_runs(ci_book):
     assert len(fractions) == p["seeds"] and all(f > p["initial_phase"] for f in fractions), fractions
     assert cnn["effect"]["mean"] == pytest.approx(p["initial_phase"] - np.mean(fractions), abs=1e-12)
     assert cnn["verdict"] == "disagrees"
+
+
+def _glued(root, name) -> dict[str, str]:
+    """name → the text each ``glue`` of an executed page recorded."""
+    nb = json.loads((root / "book" / "figures" / f"{name}.ipynb").read_text())
+    out = {}
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            if "application/papermill.record/text/plain" in data:
+                out[o["metadata"]["scrapbook"]["name"]] = data["application/papermill.record/text/plain"]
+    return out
+
+
+def test_suite_audit_page_catches_each_defect_and_reads_only_the_blocks_bytes(ci_book):
+    """The page's numbers are what its computation found: four branches flagged from metadata with
+    no weights read, the pass's range reads equal to the parameters' bytes, the Gram exact."""
+    root, _, _ = ci_book
+    g = _glued(root, "suite-audit")
+    assert g["n_flagged"] == "4" and g["weights_read"] == "0"
+    assert g["pass_bytes"] == g["needed_bytes"] and int(g["pass_bytes"].strip("'").replace(",", "")) > 0
+    assert float(g["gram_error"].strip("'")) < 1e-12

@@ -1,87 +1,42 @@
 """Public checkpoint suites: the registry, the audit from hub metadata alone, and a Gram pass
 streamed by HTTP range reads, all through the real ``huggingface_hub`` client pointed at a hub on
-127.0.0.1 (tests/fake_hub.py) serving a stand-in suite with injected defects."""
+127.0.0.1 (trajlib.paper.standin_hub) serving a stand-in suite with injected defects."""
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 
 import numpy as np
 import pytest
-import torch
-from conftest import random_walk
-from fake_hub import FakeHub
-from safetensors.numpy import save as st_save
 
 import trajlib
 from trajlib import suites
 from trajlib.audit import audit
 from trajlib.manifest import TrajectoryError
+from trajlib.paper.standin_hub import REPO, serve_standin, standin_suite
 from trajlib.remote import RangeClient
 
 pytest.importorskip("huggingface_hub")
 from huggingface_hub import HfApi  # noqa: E402
 
-REPO = "trajlib-test/tiny-neox"
-SCHEDULE = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300]
-SHAPES = {"embed.weight": (40, 16), "layers.0.attn.weight": (48, 16), "layers.0.attn.bias": (48,),
-          "layers.0.rotary.inv_freq": (4,), "layers.0.mlp.weight": (32, 16), "out.weight": (40, 16)}
 
 
 @pytest.fixture
 def standin(monkeypatch):
-    """A registered suite of one repository: adding a suite is one entry."""
-    suite = suites.Suite("standin", (REPO,), r"step(?P<step>\d+)", lambda: SCHEDULE, tokens_per_step=1024,
-                         formats=("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    """The stand-in suite registered (adding a suite is one entry)."""
+    suite = standin_suite()
     monkeypatch.setitem(suites.SUITES, "standin", suite)
     return suite
 
 
-def _sharded(tensors: dict) -> dict[str, bytes]:
-    names = list(tensors)
-    parts = [names[: len(names) // 2], names[len(names) // 2:]]
-    files, weight_map = {}, {}
-    for i, part in enumerate(parts, 1):
-        fname = f"model-{i:05d}-of-00002.safetensors"
-        files[fname] = st_save({n: tensors[n] for n in part})
-        weight_map.update({n: fname for n in part})
-    files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
-    return files
-
-
-def _bin(tensors: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save({n: torch.from_numpy(v.copy()) for n, v in tensors.items()}, buf)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def hub(standin):
-    """The stand-in suite on a local hub, with one defect of each kind:
-    step 8 byte-identical to step 300 (pythia #205), step 16 missing, step 32 one shard of two
-    (pythia #206), step 5 off the schedule, step 100 a corrupt blob (its bytes differ from its
-    LFS sha256), step 4 sharded correctly, step 64 a pickled pytorch_model.bin; and a main branch."""
-    rng = np.random.default_rng(0)
-    walk = dict(zip([0, 1, 2, 4, 5, 32, 64, 100, 200, 300], random_walk(rng, SHAPES, 10)))
-    files = {}
-    for step, tensors in walk.items():
-        if step == 4:
-            files[f"step{step}"] = _sharded(tensors)
-        elif step == 32:
-            shards = _sharded(tensors)
-            files[f"step{step}"] = {k: v for k, v in shards.items() if "00002-of" not in k}
-        elif step == 64:
-            files[f"step{step}"] = {"pytorch_model.bin": _bin(tensors)}
-        else:
-            files[f"step{step}"] = {"model.safetensors": st_save(tensors)}
-        files[f"step{step}"]["config.json"] = b'{"model_type": "gpt_neox"}'
-    files["step8"] = dict(files["step300"])
-    files["main"] = dict(files["step300"])
-    with FakeHub() as fake:
-        fake.repos[REPO] = files
-        fake.corrupt.add((REPO, "step100", "model.safetensors"))
+    """The stand-in suite on a local hub, with one defect of each kind (DEFECTS): step 8
+    byte-identical to step 300, step 16 missing, step 32 one shard of two, step 5 off the schedule,
+    step 100 a corrupt blob; step 4 sharded correctly, step 64 a pickled pytorch_model.bin, and a
+    main branch."""
+    fake, walk = serve_standin()
+    with fake:
         yield fake, walk
 
 

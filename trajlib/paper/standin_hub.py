@@ -1,6 +1,8 @@
-"""A small Hugging Face hub on 127.0.0.1 for tests: the refs, tree and resolve endpoints the real
-``huggingface_hub`` client calls, with LFS metadata, byte ranges, and injectable faults (a blob
-whose bytes differ from its listed sha256, a connection dropped in the middle of a range, 503s)."""
+"""A stand-in Hugging Face hub on 127.0.0.1 and a stand-in suite with the defects public suites
+have: the refs, tree and resolve endpoints the real ``huggingface_hub`` client calls, LFS
+metadata, byte ranges, and injectable faults (a blob whose bytes differ from its listed sha256,
+a connection dropped in the middle of a range, 503s). The suite-audit page and the tests use it;
+nothing here leaves the loopback interface."""
 
 from __future__ import annotations
 
@@ -12,6 +14,95 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 LFS_SUFFIXES = (".safetensors", ".bin")
+
+REPO = "trajlib-standin/tiny-neox"
+SCHEDULE = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300]
+SHAPES = {"embed.weight": (40, 16), "layers.0.attn.weight": (48, 16), "layers.0.attn.bias": (48,),
+          "layers.0.rotary.inv_freq": (4,), "layers.0.mlp.weight": (32, 16), "out.weight": (40, 16)}
+# What standin_suite injects, by step: the audit (or, for a corrupt blob, the pass) must catch each.
+DEFECTS = {8: "identical to step 300 (as pythia #205)", 16: "missing (no branch)",
+           32: "one shard of two (as pythia #206)", 5: "a step off the schedule",
+           100: "corrupt blob: bytes differ from the listed LFS sha256"}
+
+
+def standin_suite():
+    """The stand-in suite's registry entry (a :class:`trajlib.suites.Suite`)."""
+    from trajlib.suites import Suite
+
+    return Suite("standin", (REPO,), r"step(?P<step>\d+)", lambda: SCHEDULE, tokens_per_step=1024,
+                 formats=("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+
+
+def _walk(seed: int, steps) -> dict[int, dict]:
+    """float32 checkpoints of a drifting random walk over SHAPES, by step."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    theta = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
+    drift = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
+    out, last = {}, 0
+    for step in steps:
+        for k in theta:
+            theta[k] = theta[k] + 0.002 * (step - last) * drift[k] + 0.05 * rng.standard_normal(theta[k].shape)
+        last = step
+        out[step] = {k: v.astype(np.float32) for k, v in theta.items()}
+    return out
+
+
+def _sharded(tensors: dict) -> dict[str, bytes]:
+    from safetensors.numpy import save
+
+    names = list(tensors)
+    files, weight_map = {}, {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
+        fname = f"model-{i:05d}-of-00002.safetensors"
+        files[fname] = save({n: tensors[n] for n in part})
+        weight_map.update({n: fname for n in part})
+    files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    return files
+
+
+def _bin(tensors: dict) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({n: torch.from_numpy(v.copy()) for n, v in tensors.items()}, buf)
+    return buf.getvalue()
+
+
+def standin_files(seed: int = 0) -> tuple[dict[str, dict[str, bytes]], dict[int, dict]]:
+    """({branch: {path: bytes}}, {step: tensors}) of the stand-in suite: single safetensors at most
+    steps, a correct sharded save at step 4, ``pytorch_model.bin`` at step 64, a ``main`` branch,
+    and the defects of :data:`DEFECTS` (the corrupt blob is the server's: see :class:`FakeHub`)."""
+    from safetensors.numpy import save
+
+    walk = _walk(seed, [0, 1, 2, 4, 5, 32, 64, 100, 200, 300])
+    files = {}
+    for step, tensors in walk.items():
+        if step == 4:
+            files[f"step{step}"] = _sharded(tensors)
+        elif step == 32:
+            files[f"step{step}"] = {k: v for k, v in _sharded(tensors).items() if "00002-of" not in k}
+        elif step == 64:
+            files[f"step{step}"] = {"pytorch_model.bin": _bin(tensors)}
+        else:
+            files[f"step{step}"] = {"model.safetensors": save(tensors)}
+        files[f"step{step}"]["config.json"] = b'{"model_type": "gpt_neox"}'
+    files["step8"] = dict(files["step300"])
+    files["main"] = dict(files["step300"])
+    return files, walk
+
+
+def serve_standin(seed: int = 0) -> tuple["FakeHub", dict[int, dict]]:
+    """A started :class:`FakeHub` serving the stand-in suite (step 100's blob corrupted), and the
+    true tensors by step. Stop it with ``hub.__exit__()`` or use it as a context manager."""
+    files, walk = standin_files(seed)
+    hub = FakeHub()
+    hub.repos[REPO] = files
+    hub.corrupt.add((REPO, "step100", "model.safetensors"))
+    return hub.__enter__(), walk
 
 
 class FakeHub:
@@ -49,7 +140,8 @@ class FakeHub:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
