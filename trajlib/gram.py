@@ -63,7 +63,7 @@ def _fill(traj, block, buf: torch.Tensor) -> torch.Tensor:
 
 
 def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf, G: torch.Tensor,
-                sub: int | None = None, product: str = "square") -> None:
+                sub: int | None = None, product: str = "square", starts=(0,)) -> None:
     """G += R Rᵀ with R = [θ_0; θ_1 − θ_0; ...] formed in float64 from the raw slice ``src``.
 
     ``src``: uint8 bytes of a (T, n) slice; ``theta_buf``/``r_buf``: float64 work buffers of
@@ -71,7 +71,8 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
     ``product`` (see :func:`_product`): "square" (the full T×T, any device), "tiles" (lower
     block triangle in row tiles, torch) or "syrk" (numpy's OpenBLAS ``dsyrk`` adding the lower
     triangle into G, :func:`trajlib.blas.syrk_lower_add`). "tiles" and "syrk" fill only the
-    lower triangle of G: finish with :func:`_symmetrize`.
+    lower triangle of G: finish with :func:`_symmetrize`. ``starts``: rows where a run begins
+    again from its own θ_0 (several runs in one pass, :mod:`trajlib.joint`).
     """
     S = src.view(torch_dtype(dtype)).view(T, n)
     sub = n if sub is None else sub
@@ -80,8 +81,9 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
         theta = theta_buf[: T * m].view(T, m)
         R = r_buf[: T * m].view(T, m)
         theta.copy_(S[:, c: c + m])
-        R[0].copy_(theta[0])
         torch.sub(theta[1:], theta[:-1], out=R[1:])
+        for s in starts:
+            R[s].copy_(theta[s])
         _multiply(R, G, product)
 
 
@@ -211,6 +213,7 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
     on few cores this beats one multi-threaded GEMM on (T, ncols) panels, and reads of one
     worker overlap products of the other. Static assignment keeps the sum order fixed."""
     T, S = traj.T, len(plan.members)
+    starts = getattr(traj, "starts", (0,))
     workers = max(1, min(workers or torch.get_num_threads(), len(order) or 1))
     partial = [torch.zeros(S, T, T, dtype=torch.float64) for _ in range(workers)]
     errors: list[BaseException] = []
@@ -234,7 +237,7 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
             block = plan.blocks[bi]
             src = _fill(traj, block, buf)
             _block_gram(src, block.dtype, T, block.ncols, theta_buf, r_buf, partial[w][block.signature],
-                        sub, product)
+                        sub, product, starts)
             bar.update(len(src))
 
     with numpy_blas_single_threaded() if product == "syrk" else contextlib.nullcontext():
@@ -286,7 +289,8 @@ def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, trito
                 x = dst.view(torch_dtype(block.dtype)).view(T, block.ncols)
                 triton_gram.block_gram(x, Gs[block.signature])
             else:
-                _block_gram(dst, block.dtype, T, block.ncols, theta_buf, r_buf, Gs[block.signature])
+                _block_gram(dst, block.dtype, T, block.ncols, theta_buf, r_buf, Gs[block.signature],
+                            starts=getattr(traj, "starts", (0,)))
             consumed[k % 2] = torch.cuda.Event()
             consumed[k % 2].record(compute)
             bar.update(len(buf))
@@ -333,6 +337,10 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
          progress: bool = True, distributed: bool | None = None, kernel: str = "auto") -> GramStats:
     """Stream ``traj`` once and return the per-group Grams of [θ_0; u_0..u_{T-2}] (GramStats).
 
+    ``traj`` may be a list of trajectories of one architecture: one pass gives their joint Gram
+    (each run's rows from its own θ_0, :mod:`trajlib.joint`); ``meta["runs"]`` names them and
+    :func:`trajlib.joint.run_stats` cuts out each run's own stats.
+
     ``traj`` may also be a :class:`~trajlib.sketch.SketchedTrajectory` (``traj.sketches()``):
     then G is the sketches' Gram in the same basis, ``meta["approximate"]`` is True, and only
     ``groups`` applies (see :mod:`trajlib.sketch` for the error).
@@ -347,11 +355,21 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     """
     from .sketch import SketchedTrajectory, sketch_gram
 
+    if isinstance(traj, (list, tuple)) and traj and all(isinstance(t, SketchedTrajectory) for t in traj):
+        return sketch_gram(list(traj), groups=groups)
+    if isinstance(traj, (list, tuple)):
+        from .joint import JointTrajectory
+
+        traj = JointTrajectory(traj)
     if isinstance(traj, SketchedTrajectory):  # approximate: the sketches' own Gram, same basis
         return sketch_gram(traj, groups=groups)
     device = _device(device)
     resolved = resolve_groups(traj, groups)
     triton = _use_triton(kernel, device)
+    if triton and len(getattr(traj, "starts", (0,))) > 1:
+        if kernel == "triton":
+            raise ValueError("kernel='triton' forms one run's rows; a joint Gram uses kernel='torch'")
+        triton = False
     folder = _cache_path(traj, cache)
     key = _cache_key(traj, resolved)
     path = folder / f"gram-{key}.npz" if folder is not None else None
@@ -377,6 +395,8 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     grams = {gname: Gs[gi] for gi, gname in enumerate(plan.groups)}
     meta = {"key": key, "source": traj.source, "fingerprint": traj.fingerprint(), "device": str(device),
             "kernel": "triton" if triton else "torch", "block_bytes": block_bytes, "world_size": world}
+    if hasattr(traj, "run_meta"):
+        meta["runs"] = traj.run_meta()
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
                       list(traj.labels), meta)
     if path is not None and rank == 0:

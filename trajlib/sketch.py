@@ -132,9 +132,15 @@ def read_sketches(run_dir: str | Path) -> SketchedTrajectory:
                               dict(entry), str(run_dir))
 
 
-def sketch_gram(sk: SketchedTrajectory, *, groups=None) -> GramStats:
+def sketch_gram(sk, *, groups=None) -> GramStats:
     """Approximate GramStats of a sketched trajectory: per group G̃ = R̃ R̃ᵀ with
-    R̃ = [Φθ_0; Φθ_1 − Φθ_0; ...] (T, k) in float64, the engine's basis [θ_0; u_0..]."""
+    R̃ = [Φθ_0; Φθ_1 − Φθ_0; ...] (T, k) in float64, the engine's basis [θ_0; u_0..].
+    ``sk`` may be a list of sketched runs with one sketch (same k, seed, parameters): their joint
+    Gram, each run's rows from its own θ_0 (:mod:`trajlib.joint`)."""
+    from .joint import stacked_rows
+
+    if isinstance(sk, (list, tuple)):
+        return _joint_sketch_gram(list(sk), groups=groups)
     names = list(sk.sketches) if groups is None else ([groups] if isinstance(groups, str) else list(groups))
     missing = [g for g in names if g not in sk.sketches]
     if missing:
@@ -144,10 +150,32 @@ def sketch_gram(sk: SketchedTrajectory, *, groups=None) -> GramStats:
         raise ValueError(f"{sk.source}: a sketched trajectory needs at least 2 steps, has {sk.T}")
     grams = {}
     for g in names:
-        Y = np.asarray(sk.sketches[g], dtype=np.float64)
-        R = np.vstack([Y[:1], np.diff(Y, axis=0)])
+        R = stacked_rows(sk.sketches[g])
         grams[g] = R @ R.T
     meta = {"approximate": True, "sketch": {k: sk.meta[k] for k in ("kind", "k", "seed") if k in sk.meta},
             "error_std_bound": float(np.sqrt(2.0 / sk.k)), "source": sk.source}
     return GramStats(sk.steps.copy(), np.full(sk.T, np.nan), grams, {g: sk.n_params[g] for g in names},
                      [str(s) for s in sk.steps], meta)
+
+
+def _joint_sketch_gram(runs: list, *, groups=None) -> GramStats:
+    from .joint import run_starts, stacked_rows
+
+    first = runs[0]
+    same = ("kind", "k", "seed")
+    for r in runs[1:]:
+        if any(r.meta.get(k) != first.meta.get(k) for k in same) or r.n_params != first.n_params:
+            raise ValueError(f"{r.source}: sketched with {[r.meta.get(k) for k in same]} over {r.n_params}, "
+                             f"{first.source} with {[first.meta.get(k) for k in same]} over {first.n_params}: "
+                             f"a joint sketch Gram needs one sketch")
+    one = [sketch_gram(r, groups=groups) for r in runs]  # validates each run and its groups
+    starts = run_starts([r.T for r in runs])
+    grams = {}
+    for g in one[0].grams:
+        R = stacked_rows(np.concatenate([np.asarray(r.sketches[g], np.float64) for r in runs]), starts)
+        grams[g] = R @ R.T
+    meta = dict(one[0].meta) | {"source": " + ".join(r.source for r in runs),
+                                "runs": [{"name": f"run{i}", "source": r.source, "offset": s, "T": r.T}
+                                         for i, (r, s) in enumerate(zip(runs, starts))]}
+    return GramStats(np.concatenate([r.steps for r in runs]), np.full(sum(r.T for r in runs), np.nan), grams,
+                     dict(one[0].n_params), [lab for o in one for lab in o.labels], meta)

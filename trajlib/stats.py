@@ -53,6 +53,8 @@ class GramStats:
 
         Uses u_{i→j} = Σ_{i≤s<j} u_s, i.e. sums of Gram entries (no cancellation).
         """
+        if self.meta.get("runs"):
+            raise ValueError("these are the stats of several runs: cut one out with trajlib.joint.run_stats first")
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1 or len(idx) < 1 or np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= self.T:
             raise ValueError(f"indices must be increasing within 0..{self.T - 1}, got {indices!r}")
