@@ -23,6 +23,7 @@ from .verdict import VERDICTS, judge
 KINDS = {
     "paper": "Paper claims, tested on trained networks",
     "mechanism": "The mechanism, in our own model (simulation)",
+    "extension": "Beyond the paper: its next checks and open questions (ours, not counted above)",
     "property": "Descriptive numbers (properties, not findings)",
 }
 # Where a paper number or claim comes from (../shared/PAPER-SOURCES.md), strongest first.
@@ -44,8 +45,8 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
     so that the paper's direction is ``direction`` (+1 or −1); the row then carries the mean, its
     95 % t-interval, n and a three-way verdict (:mod:`trajlib.paper.verdict`). ``paper``: what
     the paper says, with ``source`` naming where that comes from (a key of :data:`SOURCES`).
-    ``kind``: "paper", "mechanism" or "property" (only "paper" rows count in the headline; a
-    property has no verdict). ``level``: what the effect is measured on (e.g. "step",
+    ``kind``: "paper", "mechanism", "extension" (a question the paper leaves open, tested here)
+    or "property" (only "paper" rows count in the headline; a property has no verdict). ``level``: what the effect is measured on (e.g. "step",
     "checkpoint"). ``shown``: how to print the numbers when a pair of values says more.
     """
     if kind not in KINDS:

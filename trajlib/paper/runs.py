@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -165,6 +166,25 @@ def momentum_weight_decay_grid(momentum: float, weight_decay: float) -> dict[str
         "wd only": dict(momentum=0.0, weight_decay=weight_decay),
         "neither": dict(momentum=0.0, weight_decay=0.0),
     }
+
+
+def adamw_grid(beta1: float, weight_decay: float, lr: float) -> dict[str, dict]:
+    """Notebook 10's 2 × 2 grid for AdamW, β1 on/off × decoupled weight decay on/off: label →
+    overrides of :func:`train_classifier` (``momentum`` is AdamW's β1)."""
+    on = dict(optimizer="adamw", lr=lr)
+    return {
+        "β1 + wd": dict(on, momentum=beta1, weight_decay=weight_decay),
+        "β1 only": dict(on, momentum=beta1, weight_decay=0.0),
+        "wd only": dict(on, momentum=0.0, weight_decay=weight_decay),
+        "neither": dict(on, momentum=0.0, weight_decay=0.0),
+    }
+
+
+def grid_order_margin(mds_by_seed: pd.DataFrame, both: str, singles: tuple[str, str], neither: str) -> pd.Series:
+    """Per seed, the smaller margin of the MDS order both < each single < neither (positive:
+    the order holds on that seed). Notebooks 02 and 10."""
+    s = mds_by_seed[list(singles)]
+    return np.minimum(s.min(axis=1) - mds_by_seed[both], mds_by_seed[neither] - s.max(axis=1))
 
 
 SWEEP_COLUMNS = ("mds", "mds_full", "relative_mds", "update_mds", "mean_consecutive_update_cos",

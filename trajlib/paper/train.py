@@ -97,13 +97,15 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
 
 def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int, batch_size: int = 64,
                      lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     schedule: str = "cosine", warmup_epochs: float = 0.0, record_every: int | None = None,
+                     optimizer: str = "sgd", schedule: str = "cosine", warmup_epochs: float = 0.0, record_every: int | None = None,
                      freeze_epoch: int | None = None, seed: int = 0, device="cpu", num_workers: int = 0,
                      meta: dict | None = None, step_stats: bool | list = False,
                      directions: dict | None = None, sketch: int | dict | None = None) -> pd.DataFrame:
-    """Train with SGD and record θ_t into ``run_dir``; returns one row per epoch
+    """Train with SGD (or AdamW) and record θ_t into ``run_dir``; returns one row per epoch
     (epoch, step, lr, train_loss, test_accuracy, seconds).
 
+    ``optimizer``: "sgd" (``momentum``, coupled ``weight_decay``) or "adamw" (``momentum`` is its
+    β1, β2 = 0.999, ``weight_decay`` decoupled: each step shrinks θ by lr · weight_decay).
     ``data``: :class:`~trajlib.data.TensorData` or a (train, test) pair of datasets.
     ``freeze_epoch``: from this epoch on only BatchNorm parameters train (all are still recorded).
     ``step_stats``/``directions``: exact statistics of every step beside the run
@@ -115,7 +117,12 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     total = epochs * spe
     every = record_every or spe
     params = trainable(model)
-    make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay)  # noqa: E731
+    if optimizer == "sgd":
+        make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay)  # noqa: E731
+    elif optimizer == "adamw":
+        make_opt = lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)  # noqa: E731
+    else:
+        raise ValueError(f"optimizer={optimizer!r}: expected 'sgd' or 'adamw'")
     opt = make_opt(params)
     gen = torch.Generator().manual_seed(seed)
     rows, step, t0 = [], 0, time.time()
