@@ -129,3 +129,23 @@ def test_the_audit_command_prints_the_flagged_branches_and_exits_1(hub, capsys):
     out = capsys.readouterr().out
     assert "shard mismatch" in out and "identical" in out and "coverage 72.7% of the schedule" in out
     assert main(["suites"]) == 0 and "pythia" in capsys.readouterr().out
+
+
+def test_the_paper_preset_s_pythia_suite_goes_through_the_registry(tmp_path, monkeypatch):
+    """Pages 04/05 at the paper preset (no hub cache given): each Pythia size is audited, its
+    flagged branches left out by name, the rest streamed; here a stand-in pythia-14m whose step2
+    repeats step1000 and which lacks steps 8 to 512."""
+    from safetensors.numpy import save
+
+    from trajlib.paper import pythia
+    from trajlib.paper.standin_hub import FakeHub, _walk
+
+    monkeypatch.setenv("TRAJLIB_CACHE", str(tmp_path / "grams"))
+    walk = _walk(1, [0, 1, 2, 4, 1000])
+    files = {f"step{s}": {"model.safetensors": save(t)} for s, t in walk.items()}
+    files["step2"] = dict(files["step1000"])
+    with FakeHub() as fake:
+        fake.repos[pythia.repo_id("14m")] = files
+        stats, dropped = pythia.suite(["14m"], revision_every=143, endpoint=fake.url, device="cpu")
+    assert list(stats[("14m", 0)].steps) == [0, 1, 4, 1000]
+    assert dropped["14m"] == ["step2"] + [f"step{2 ** k}" for k in range(3, 10)]

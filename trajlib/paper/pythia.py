@@ -83,9 +83,42 @@ def suite_stats(repos: dict[str, str], revs: list[str], *, groups=("all",), devi
     return out
 
 
-def suite(sizes, *, revision_every: int = 1, groups=("all",), device="auto", cache_dir=None):
+def suite(sizes, *, revision_every: int = 1, groups=("all",), device="auto", cache_dir=None, endpoint=None):
     """Gram statistics of ``pythia-<size>`` for each size at every ``revision_every``-th linear
-    revision, as ({(size, 0): GramStats}, {size: dropped duplicate revisions}) (notebooks 04, 05)."""
-    out = suite_stats({s: repo_id(s) for s in sizes}, revisions(every=revision_every), groups=groups,
-                      device=device, cache_dir=cache_dir)
-    return {(s, 0): st for s, (st, _) in out.items()}, {s: d for s, (_, d) in out.items()}
+    revision, as ({(size, 0): GramStats}, {size: dropped revisions}) (notebooks 04, 05).
+
+    With ``cache_dir`` the revisions are read from (or fetched into) that ``huggingface_hub``
+    cache and byte-identical ones dropped; without it each repository goes through the suite
+    registry: audited from the hub's metadata first (``endpoint``: the hub's address), its
+    flagged branches dropped (named), the rest streamed by range reads."""
+    revs = revisions(every=revision_every)
+    if cache_dir is not None:
+        out = suite_stats({s: repo_id(s) for s in sizes}, revs, groups=groups, device=device, cache_dir=cache_dir)
+        return {(s, 0): st for s, (st, _) in out.items()}, {s: d for s, (_, d) in out.items()}
+    return registry_suite(sizes, revs, groups=groups, device=device, endpoint=endpoint)
+
+
+def registry_suite(sizes, revs: list[str], *, groups=("all",), device="auto", endpoint=None):
+    """:func:`suite` through the registry: for each size, the audit's usable branches among
+    ``revs`` (the others dropped, named: missing, identical, mismatched shards, corrupt),
+    streamed by range reads. Returns ({(size, 0): GramStats}, {size: dropped revisions})."""
+    from huggingface_hub import HfApi
+
+    from ..audit import audit
+    from ..gram import gram
+    from ..hub import open_hub_suite
+
+    api = HfApi(endpoint=endpoint)
+    stats, dropped = {}, {}
+    for size in sizes:
+        repo = repo_id(size)
+        result = audit(repo, api=api)
+        usable = {int(s) for s in result.usable(repo).step}
+        want = [revision_step(r) for r in revs]
+        traj = open_hub_suite(repo, steps=[s for s in want if s in usable], audit=result, api=api)
+        kept = {int(s) for s in traj.steps}
+        dropped[size] = [r for r, s in zip(revs, want) if s not in kept]
+        if dropped[size]:
+            log.warning("%s: left out %s (audit: %s)", repo, dropped[size], traj.meta["audit"]["dropped"])
+        stats[(size, 0)] = gram(traj, groups=list(groups), device=device)
+    return stats, dropped
