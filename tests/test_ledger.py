@@ -38,7 +38,8 @@ def test_the_headline_counts_paper_claims_only_and_each_kind_gets_its_table():
                       claim("flat", paper="lower", source="I", effects=[0.1, -0.2, 0.05], direction=-1),
                       claim("sim", paper="oscillates", source="I", kind="mechanism", effects=[1, 2, 3], direction=+1)]),
     ]
-    assert headline(results) == {"claims": 3, "agrees": 1, "disagrees": 1, "inconclusive": 1, "untested": 0}
+    assert headline(results) == {"claims": 3, "agrees": 1, "disagrees": 1, "inconclusive": 1, "blocked": 0,
+                                 "untested": 0}
     text = render(results)
     assert text.startswith("**Of 3 paper claims tested on trained networks, 1 agree, 1 disagree and 1 are inconclusive**")
     assert text.index("### Paper claims") < text.index("### The mechanism") < text.index("### Descriptive numbers")
@@ -97,3 +98,21 @@ def test_uniform_checkpoints_keep_the_multiples_and_match_a_direct_gram():
     keep = steps % 20 == 0
     assert list(u.steps) == [0, 20, 40, 60] and len(steps) > 4
     assert np.allclose(u["all"], H.gram_from_checkpoints(X[keep]), rtol=1e-9, atol=1e-9)
+
+
+def test_a_row_whose_inputs_the_audit_rejects_is_blocked_not_judged():
+    """A claim over public checkpoints that the suite audit rejected carries the status "blocked
+    by an upstream data defect", counted apart, whatever its effects would have said."""
+    from trajlib.paper.pythia import blocked_reason
+
+    why = blocked_reason({"70m": [], "2.8b": [f"step{s}" for s in range(76)]}, 154)
+    assert why == "pythia-2.8b: 76 of 154 revisions rejected by the audit"
+    assert blocked_reason({"70m": ["step2"]}, 154) is None
+    row = claim("up", paper="higher", source="A2", effects=[1.0, 1.1, 0.9], direction=+1, blocked=why)
+    assert row["verdict"] == "blocked" and row["effect"] is None and row["agrees"] is None
+    assert "blocked by an upstream data defect: pythia-2.8b" in row["note"]
+    results = [_doc("04-scale", [row, claim("ok", paper="x", source="A2", effects=[1.0, 1.2], direction=+1)])]
+    h = headline(results)
+    assert h["blocked"] == 1 and h["agrees"] + h["disagrees"] + h["inconclusive"] == 1
+    text = render(results)
+    assert "1 are blocked by an upstream data defect" in text and "| blocked by an upstream data defect |" in text

@@ -38,7 +38,7 @@ SOURCES = {
 def claim(text: str, *, paper: str, source: str, ours: float | None = None, effects=None,
           direction: int | None = None, kind: str = "paper", level: str = "", std: float | None = None,
           agrees: bool | None = None, unit: str = "", note: str = "", digits: int = 3,
-          shown: str | None = None) -> dict:
+          shown: str | None = None, blocked: str | None = None) -> dict:
     """One ledger row.
 
     ``effects``: the claim's effect per seed (paired by seed where the design pairs them), signed
@@ -48,6 +48,8 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
     ``kind``: "paper", "mechanism", "extension" (a question the paper leaves open, tested here)
     or "property" (only "paper" rows count in the headline; a property has no verdict). ``level``: what the effect is measured on (e.g. "step",
     "checkpoint"). ``shown``: how to print the numbers when a pair of values says more.
+    ``blocked``: why the row's inputs were rejected upstream (an audit of the public checkpoints
+    it reads): the row then has verdict "blocked" and no effect, whatever was computed.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; valid: {', '.join(KINDS)}")
@@ -71,6 +73,9 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
             row["verdict"] = "agrees" if agrees else "disagrees"
     if kind == "property":
         row["verdict"] = None
+    if blocked:
+        row.update(verdict="blocked", effect=None, ours=None,
+                   note=(note + "; " if note else "") + f"blocked by an upstream data defect: {blocked}")
     row["agrees"] = {"agrees": True, "disagrees": False}.get(row["verdict"])
     return row
 
@@ -141,7 +146,8 @@ def _fmt(row: dict) -> str:
     return s + unit
 
 
-VERDICT_TEXT = {"agrees": "**agrees**", "disagrees": "**disagrees**", "inconclusive": "inconclusive", None: "—"}
+VERDICT_TEXT = {"agrees": "**agrees**", "disagrees": "**disagrees**", "inconclusive": "inconclusive",
+                "blocked": "blocked by an upstream data defect", None: "—"}
 
 
 def headline(results: list[dict]) -> dict:
@@ -149,7 +155,8 @@ def headline(results: list[dict]) -> dict:
     headline; mechanism rows and properties are not counted)."""
     rows = [r for doc in results for r in doc["claims"] if r.get("kind", "paper") == "paper"]
     counts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICTS}
-    return {"claims": len(rows), **counts, "untested": sum(r.get("verdict") is None for r in rows)}
+    return {"claims": len(rows), **counts, "blocked": sum(r.get("verdict") == "blocked" for r in rows),
+            "untested": sum(r.get("verdict") is None for r in rows)}
 
 
 def sensitivity(row: dict, alternatives: dict) -> dict:
@@ -181,6 +188,8 @@ def render(results: list[dict], *, link_prefix: str = "figures/") -> str:
              f"{h['disagrees']} disagree and {h['inconclusive']} are inconclusive** (a verdict needs the 95 % "
              f"interval of the effect over seeds to exclude zero)"
              + (f"; {h['untested']} more are not tested at this preset" if h["untested"] else "")
+             + (f"; {h['blocked']} are blocked by an upstream data defect (the inputs' audit rejected them)"
+                if h["blocked"] else "")
              + f". These pages were produced by the **{', '.join(presets) or '—'}** preset"
              f"{'s' if len(presets) > 1 else ''}.", ""]
     used = set()

@@ -122,3 +122,12 @@ def registry_suite(sizes, revs: list[str], *, groups=("all",), device="auto", en
             log.warning("%s: left out %s (audit: %s)", repo, dropped[size], traj.meta["audit"]["dropped"])
         stats[(size, 0)] = gram(traj, groups=list(groups), device=device)
     return stats, dropped
+
+
+def blocked_reason(dropped: dict, n_requested: int, *, max_dropped: float = 0.25) -> str | None:
+    """Why a claim over the suite cannot stand, or None: some size had more than ``max_dropped``
+    of its ``n_requested`` revisions rejected by the audit (``dropped``: size → revisions)."""
+    bad = {s: len(v) for s, v in dropped.items() if len(v) > max_dropped * n_requested}
+    if not bad:
+        return None
+    return "; ".join(f"pythia-{s}: {k} of {n_requested} revisions rejected by the audit" for s, k in bad.items())
