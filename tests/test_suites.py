@@ -45,10 +45,9 @@ def test_the_registry_knows_each_suite_s_naming_and_schedule():
     assert len(p.expected_steps()) == 154 and p.expected_steps()[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
     assert p.parse("step143000") == (143000, 143000 * 2_097_152) and p.parse("main") is None
     assert suites.SUITES["olmo"].parse("step20000-tokens84B") == (20000, 84 * 10**9)
-    assert suites.SUITES["olmo2"].parse("stage2-ingredient3-step11931-tokens100B") == (11931, 10**11)
+    assert suites.SUITES["olmo2"].parse("stage1-step11931-tokens100B") == (11931, 10**11)
+    assert suites.SUITES["olmo2"].parse("stage2-ingredient3-step11931-tokens100B") is None  # another run
     assert len(suites.SUITES["crfm-gpt2"].expected_steps()) == 609
-    assert suites.SUITES["tinyllama"].parse("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T") == \
-        (1431000, 3 * 10**12)
     assert suites.suite_of("EleutherAI/pythia-70m").name == "pythia"
     with pytest.raises(ValueError, match="not a registered suite"):
         suites.resolve("no-such-suite")
@@ -149,3 +148,21 @@ def test_the_paper_preset_s_pythia_suite_goes_through_the_registry(tmp_path, mon
         stats, dropped = pythia.suite(["14m"], revision_every=143, endpoint=fake.url, device="cpu")
     assert list(stats[("14m", 0)].steps) == [0, 1, 4, 1000]
     assert dropped["14m"] == ["step2"] + [f"step{2 ** k}" for k in range(3, 10)]
+
+
+def test_the_audit_checks_each_shard_set_on_its_own_and_finds_sharded_twins():
+    """A branch shipping sharded safetensors and sharded .bin is fine; two sharded branches with
+    the same LFS blobs are identical (an index JSON has no LFS hash and does not hide them)."""
+    from trajlib.audit import FileMeta
+
+    def sharded(tag):
+        return [FileMeta("model.safetensors.index.json", 100), FileMeta("pytorch_model.bin.index.json", 100),
+                *[FileMeta(f"model-0000{i}-of-00002.safetensors", 10, f"st{tag}{i}") for i in (1, 2)],
+                *[FileMeta(f"pytorch_model-0000{i}-of-00002.bin", 10, f"bin{tag}{i}") for i in (1, 2)]]
+
+    listing = {"x/y": {"step0": sharded("a"), "step1": sharded("b"), "step2": sharded("b"),
+                       "step3": sharded("c")[:-1]}}
+    t = audit("x/y", listings=listing).table.set_index("step")
+    assert t.loc[0, "status"] == "ok" and t.loc[2, "status"] == "ok"
+    assert t.loc[1, "status"] == "identical" and t.loc[1, "detail"] == "same weight blobs as step2"
+    assert t.loc[3, "status"] == "shard mismatch" and "pytorch_model-00002-of-00002.bin" in t.loc[3, "detail"]

@@ -51,22 +51,30 @@ def _weights(files: list[FileMeta]) -> list[FileMeta]:
 
 
 def _shard_problem(weights: list[FileMeta]) -> str | None:
-    """Why a branch's shard set is inconsistent, or None."""
+    """Why a branch's shard sets are inconsistent, or None. Each set (``model-*.safetensors``,
+    ``pytorch_model-*.bin``) is checked on its own: one shard count, every shard present, and its
+    index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) beside it."""
     names = [f.path.rsplit("/", 1)[-1] for f in weights]
     shards = [m for m in map(SHARD.fullmatch, names) if m]
-    indexes = [n for n in names if n.endswith(".index.json")]
-    if not shards:
-        return f"an index ({indexes[0]}) but no shards" if indexes else None
-    counts = {(m["stem"], m["ext"], int(m["n"])) for m in shards}
-    if len(counts) > 1:
-        return "shards of different sets: " + ", ".join(f"{s}-*-of-{n:05d}.{e}" for s, e, n in sorted(counts))
-    (stem, ext, n), = counts
-    have = {int(m["i"]) for m in shards}
-    lacking = sorted(set(range(1, n + 1)) - have)
-    if lacking:
-        return f"{len(lacking)} of {n} shards missing ({', '.join(f'{stem}-{i:05d}-of-{n:05d}.{ext}' for i in lacking[:3])})"
-    if not indexes:
-        return f"{n} shards but no index"
+    indexes = {n for n in names if n.endswith(".index.json")}
+    sets: dict[tuple[str, str], set[int]] = {}
+    for m in shards:
+        sets.setdefault((m["stem"], m["ext"]), set()).add(int(m["n"]))
+    for index in sorted(indexes):
+        stem, ext = index[: -len(".index.json")].rsplit(".", 1)
+        if (stem, ext) not in sets:
+            return f"an index ({index}) but no {stem}-*-of-*.{ext} shards"
+    for (stem, ext), counts in sorted(sets.items()):
+        if len(counts) > 1:
+            return f"{stem}-*.{ext} shards of different sets: " + ", ".join(f"of-{n:05d}" for n in sorted(counts))
+        (n,) = counts
+        have = {int(m["i"]) for m in shards if (m["stem"], m["ext"]) == (stem, ext)}
+        lacking = sorted(set(range(1, n + 1)) - have)
+        if lacking:
+            return (f"{len(lacking)} of {n} shards missing "
+                    f"({', '.join(f'{stem}-{i:05d}-of-{n:05d}.{ext}' for i in lacking[:3])})")
+        if f"{stem}.{ext}.index.json" not in indexes:
+            return f"{n} {stem}-*.{ext} shards but no {stem}.{ext}.index.json"
     return None
 
 
@@ -117,8 +125,9 @@ def audit(name: str, *, listings: dict[str, dict[str, list[FileMeta]]] | None = 
             branches.append((parsed[0], parsed[1], branch, weights))
         by_hash: dict[tuple, list[tuple[int, str]]] = {}
         for step, _, branch, weights in branches:
-            if weights and all(f.sha256 for f in weights):
-                by_hash.setdefault(tuple(f.sha256 for f in weights), []).append((step, branch))
+            blobs = tuple(f.sha256 for f in weights if f.sha256)  # LFS files: an index JSON is plain git
+            if blobs:
+                by_hash.setdefault(blobs, []).append((step, branch))
         # a defect copies a later model into earlier branches (pythia #205): keep the latest
         twin = {b: max(group)[1] for group in by_hash.values() if len(group) > 1 for s, b in group if (s, b) != max(group)}
         for step, tokens, branch, weights in sorted(branches):

@@ -5,14 +5,18 @@ rank that wrote).
 Names, shapes and dtypes come from the metadata alone. A read loads one tensor through DCP's own
 reader, planning only that tensor (the ranges of each rank's file that hold its chunks, which DCP
 assembles whatever the sharding was); the last tensor loaded is kept for the next range of it.
-The model's tensors are those under ``model.`` when the save holds such a key (torchtitan,
-``{"model": ..., "optimizer": ...}``), else every tensor outside ``optimizer.``.
+The model's tensors are those under ``model.`` when the save nests a model beside an optimizer
+(torchtitan, ``{"model": ..., "optimizer": ...}``), else every tensor outside ``optimizer.``.
+Loaded tensors are kept in one cache shared by every checkpoint, bounded in bytes
+(:data:`CACHE_BYTES`), so a pass that reads a tensor block by block loads it once per checkpoint
+while the cache holds it.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,26 @@ from .manifest import TrajectoryError
 from .state_dicts import strip_wrappers
 
 METADATA = ".metadata"
+CACHE_BYTES = 1 << 30  # loaded tensors kept across all DCP checkpoints of a process
+
+_cache: "OrderedDict[tuple[str, str], object]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cached(key, load):
+    """``load()``'s tensor for ``key``, through the shared least-recently-used cache."""
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    tensor = load()
+    with _cache_lock:
+        _cache[key] = tensor
+        size = sum(t.numel() * t.element_size() for t in _cache.values())
+        while size > CACHE_BYTES and len(_cache) > 1:
+            _, old = _cache.popitem(last=False)
+            size -= old.numel() * old.element_size()
+    return tensor
 
 
 def is_dcp_dir(path: Path) -> bool:
@@ -32,7 +56,7 @@ class DCPCheckpoint(CheckpointReader):
     """A DCP checkpoint directory as a :class:`~trajlib.formats.CheckpointReader`.
 
     ``prefix``: keep only tensors whose key starts with it, stripped (default: ``"model."`` when
-    any key has it, else ``""``); wrapper prefixes (``_orig_mod.``, ``module.``) are stripped too.
+    the save holds ``model.`` and ``optimizer.`` keys, else ``""``); wrapper prefixes (``_orig_mod.``, ``module.``) are stripped too.
     Every storage file the kept tensors need must exist and be long enough (checked on open).
     """
 
@@ -48,8 +72,9 @@ class DCPCheckpoint(CheckpointReader):
         except Exception as exc:
             raise TrajectoryError(f"{self.path / METADATA}: unreadable DCP metadata ({exc})") from exc
         tensors = {k: m for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
-        if prefix is None:
-            prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+        if prefix is None:  # {"model": ..., "optimizer": ...} saves (torchtitan); a bare state dict keeps every key
+            nested = any(k.startswith("model.") for k in tensors) and any(k.startswith("optimizer.") for k in tensors)
+            prefix = "model." if nested else ""
         self._fqn: dict[str, str] = {}
         self.shapes, self.dtypes = {}, {}
         for fqn, m in tensors.items():
@@ -65,11 +90,9 @@ class DCPCheckpoint(CheckpointReader):
             raise TrajectoryError(f"{self.path}: no tensor under {prefix!r} in this DCP checkpoint")
         self.names = list(self._fqn)
         self._files = self._check_storage(metadata)
-        self._lock = threading.Lock()
-        self._cached: tuple[str, object] | None = None
 
-    def _check_storage(self, metadata) -> dict[str, Path]:
-        """{name: first storage file holding it}; a missing or short file is named."""
+    def _check_storage(self, metadata) -> dict[str, list[Path]]:
+        """{name: the storage files holding its chunks}; a missing or short file is named."""
         wanted = {fqn: name for name, fqn in self._fqn.items()}
         files, sizes = {}, {}
         for index, info in metadata.storage_data.items():
@@ -84,15 +107,17 @@ class DCPCheckpoint(CheckpointReader):
             if info.offset + info.length > sizes[f]:
                 raise TrajectoryError(f"{f}: truncated: tensor {index.fqn!r} needs bytes up to "
                                       f"{info.offset + info.length}, the file has {sizes[f]}")
-            files.setdefault(name, f)
+            if f not in files.setdefault(name, []):
+                files[name].append(f)
         return files
 
     def file_of(self, name: str) -> Path:
-        return self._files.get(name, self.path)
+        files = self._files.get(name)
+        return files[0] if files and len(files) == 1 else self.path
 
     def identity(self) -> str:
         """The metadata file and every storage file: path, size, modification time."""
-        files = [self.path / METADATA] + sorted(set(self._files.values()))
+        files = [self.path / METADATA] + sorted({f for fs in self._files.values() for f in fs})
         return "+".join(f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
 
     def _load(self, name: str):
@@ -100,7 +125,7 @@ class DCPCheckpoint(CheckpointReader):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import FileSystemReader
 
-        if self._cached is None or self._cached[0] != name:
+        def load():
             out = torch.empty(self.shapes[name], dtype=torch_dtype(self.dtypes[name]))
             try:
                 with warnings.catch_warnings():  # single-process reading is the intent here
@@ -108,15 +133,15 @@ class DCPCheckpoint(CheckpointReader):
                     dcp.load({self._fqn[name]: out}, storage_reader=FileSystemReader(str(self.path)), no_dist=True)
             except Exception as exc:
                 raise TrajectoryError(f"{self.file_of(name)}: cannot read tensor {self._fqn[name]!r} ({exc})") from exc
-            self._cached = (name, out)
-        return self._cached[1]
+            return out
+
+        return _cached((str(self.path), name), load)
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
         import torch
 
-        with self._lock:
-            flat = self._load(name).reshape(-1)[start:stop]
-            if flat.dtype == torch.bfloat16:
-                flat = flat.view(torch.int16)
-            out[...] = flat.numpy().view(out.dtype)
+        flat = self._load(name).reshape(-1)[start:stop]
+        if flat.dtype == torch.bfloat16:
+            flat = flat.view(torch.int16)
+        out[...] = flat.numpy().view(out.dtype)
 

@@ -198,10 +198,19 @@ def summary(G: np.ndarray) -> dict[str, float]:
     return out
 
 
+def one_run(stats) -> None:
+    """Raise for the stats of several runs (:mod:`trajlib.joint`): their rows restart at each
+    run's θ_0, which a one-run hallmark would read as an update."""
+    if getattr(stats, "meta", {}).get("runs"):
+        raise ValueError("these are the stats of several runs: cut one out with trajlib.joint.run_stats, "
+                         "or use trajlib.joint's maps")
+
+
 def hallmark_table(stats, groups=None) -> pd.DataFrame:
     """The per-group hallmark table: one row per group (index ``group``), columns n_params, T
     and the scalar hallmarks of :func:`summary`. Paper claims compare ``mds`` across runs;
     notebooks 01–05 and 07 call this."""
+    one_run(stats)
     rows = {g: {"n_params": stats.n_params[g], "T": stats.T, **summary(stats[g])} for g in groups or stats.groups}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "group"
@@ -209,10 +218,12 @@ def hallmark_table(stats, groups=None) -> pd.DataFrame:
 
 
 def per_checkpoint(stats, group: str = "all") -> pd.DataFrame:
-    """One row per checkpoint: step, epoch, norms, angle and update cosines of one group.
+    """One row per checkpoint: step, epoch, norms, angle and update cosines of one group (of
+    one run).
 
     Update quantities sit on the row of the checkpoint the update leaves (t for u_t).
     """
+    one_run(stats)
     G = stats[group]
     T = stats.T
     pad = lambda x: np.concatenate([x, np.full(T - len(x), np.nan)])  # noqa: E731

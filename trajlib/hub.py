@@ -29,7 +29,8 @@ class CorruptBlob(TrajectoryError):
 
 def _branch_reader(api, repo_id: str, revision: str, metas, client: RangeClient, *, verify: bool, cache_dir):
     """The reader of one branch: its safetensors streamed by ranges, else its ``pytorch_model.bin``
-    fetched into the local cache (a pickle cannot be read by ranges) and loaded weights-only."""
+    (or sharded ``.bin`` files) fetched into the local cache (a pickle cannot be read by ranges),
+    each checked against its LFS sha256 and loaded weights-only."""
     paths = {m.path: m for m in metas}
     index = None
     try:
@@ -43,20 +44,26 @@ def _branch_reader(api, repo_id: str, revision: str, metas, client: RangeClient,
         if "corrupt blob" in str(exc):
             raise CorruptBlob(str(exc)) from None
         raise
-    if "pytorch_model.bin" in paths:
+    if "pytorch_model.bin" in paths or "pytorch_model.bin.index.json" in paths:
+        from pathlib import Path
+
         from huggingface_hub import hf_hub_download
 
-        from .formats import TorchSaveFile
+        from .formats import ShardedCheckpoint, TorchSaveFile, sha256_file
 
-        local = hf_hub_download(repo_id, "pytorch_model.bin", revision=revision, endpoint=api.endpoint,
-                                cache_dir=cache_dir)
-        if verify and paths["pytorch_model.bin"].sha256:
-            from .formats import sha256_file
+        def fetch(path: str) -> Path:
+            local = Path(hf_hub_download(repo_id, path, revision=revision, endpoint=api.endpoint, cache_dir=cache_dir))
+            meta = paths.get(path)
+            if verify and meta is not None and meta.sha256 and sha256_file(local) != meta.sha256:
+                raise CorruptBlob(f"{repo_id}@{revision}/{path}: its bytes do not hash to the hub's LFS sha256 "
+                                  f"(corrupt blob): not used")
+            return local
 
-            if sha256_file(local) != paths["pytorch_model.bin"].sha256:
-                raise CorruptBlob(f"{repo_id}@{revision}/pytorch_model.bin: its bytes do not hash to the hub's "
-                                  f"LFS sha256 (corrupt blob): not used")
-        return TorchSaveFile(local)
+        if "pytorch_model.bin" in paths:
+            return TorchSaveFile(fetch("pytorch_model.bin"))
+        index = fetch("pytorch_model.bin.index.json")
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return ShardedCheckpoint(index, weight_map=weight_map, open_shard=lambda shard: TorchSaveFile(fetch(shard)))
     raise TrajectoryError(f"{repo_id}@{revision}: no model.safetensors, shard index or pytorch_model.bin")
 
 
@@ -106,7 +113,8 @@ def open_hub_suite(repo_id: str, *, steps=None, endpoint: str | None = None, ver
     dropped = {str(r.revision or r.step): f"{r.status}: {r.detail}"
                for r in table[~table.status.isin(Audit.USABLE)].itertuples()} | corrupt
     present = {c.step for c in checkpoints}
-    coverage = None if not result.expected else len(present & set(result.expected)) / len(result.expected)
+    wanted = set(result.expected or []) if steps is None else {int(x) for x in steps}
+    coverage = len(present & wanted) / len(wanted) if wanted else None  # of the schedule, or of the steps asked for
     meta = {"audit": {"suite": result.suite.name, "coverage": coverage, "dropped": dropped,
                       "tokens": {str(int(r.step)): (None if r.tokens != r.tokens or r.tokens is None else int(r.tokens))
                                  for r in usable.itertuples() if int(r.step) in present}},

@@ -7,9 +7,10 @@ block reads and groups as one run) holds each run's own Gram as a diagonal block
 and the cross-run products off the diagonal. Checkpoint products follow by additions: with ``L``
 block-lower-triangular ones, the checkpoints are ``X = L R`` and ``X Xᵀ = L G Lᵀ``.
 
-Distances at matched steps are formed from the rows, not from ‖θ‖²: for runs from one
-initialisation ``θ_a(t) − θ_b(t) = Σ_{s<t} (u_a,s − u_b,s)``, whose squared norm is a sum of
-update products only, so its rounding scales with the distance travelled, not with ‖θ‖².
+Distances at matched steps are formed from the rows, not from ‖θ‖²: for runs whose θ_0 are
+byte-identical (equal content sha256) ``θ_a(t) − θ_b(t) = Σ_{s<t} (u_a,s − u_b,s)``, whose
+squared norm is a sum of update products only, so its rounding scales with the distance
+travelled, not with ‖θ‖².
 """
 
 from __future__ import annotations
@@ -75,8 +76,15 @@ class JointTrajectory(Trajectory):
         self.starts = run_starts([r.T for r in runs])
 
     def run_meta(self) -> list[dict]:
-        return [{"name": n, "source": r.source, "offset": s, "T": r.T}
+        """Each run's name, source, offset, T and the content sha256 of its θ_0."""
+        return [{"name": n, "source": r.source, "offset": s, "T": r.T, "theta0_sha256": r.checkpoints[0].content_hash()}
                 for n, r, s in zip(self.run_names, self.runs, self.starts)]
+
+    def fingerprint(self) -> str:
+        """The checkpoints' digest and the runs' names and offsets (a cached joint Gram keeps them)."""
+        import hashlib
+
+        return hashlib.sha256((super().fingerprint() + repr(list(zip(self.run_names, self.starts)))).encode()).hexdigest()
 
 
 def joint(stats: GramStats) -> list[dict]:
@@ -136,12 +144,15 @@ def matched_distances(stats: GramStats, a, b, group: str = "all") -> tuple[np.nd
     sa, sb = stats.steps[ra["offset"]: ra["offset"] + ra["T"]], stats.steps[rb["offset"]: rb["offset"] + rb["T"]]
     common = np.intersect1d(sa, sb)
     G = stats[group]
+    same_init = ra.get("theta0_sha256") is not None and ra.get("theta0_sha256") == rb.get("theta0_sha256")
     out = np.empty(len(common))
     for k, step in enumerate(common):
         c = np.zeros(stats.T)
         ia, ib = int(np.searchsorted(sa, step)), int(np.searchsorted(sb, step))
         c[ra["offset"]: ra["offset"] + ia + 1] += 1.0
         c[rb["offset"]: rb["offset"] + ib + 1] -= 1.0
+        if same_init:  # θ_a(0) = θ_b(0) byte for byte: their difference is zero, leave its rows out
+            c[ra["offset"]] = c[rb["offset"]] = 0.0
         rows = np.flatnonzero(c)
         out[k] = np.sqrt(max(float(c[rows] @ G[np.ix_(rows, rows)] @ c[rows]), 0.0))
     return common, out

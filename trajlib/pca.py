@@ -102,6 +102,9 @@ def trajectory_pca(stats, *, group: str = "all", k: int = 2, centered: bool = Tr
     ``k``: components kept (1 ≤ k ≤ T−1; each must have non-zero variance). Float64 throughout;
     cost O(T³), nothing is re-read. Notebook 08; the README's PCA view.
     """
+    from .hallmarks import one_run
+
+    one_run(stats)
     G = np.asarray(stats[group], dtype=np.float64)
     T = len(G)
     if T < 2 or not 1 <= k <= T - 1:

@@ -1,10 +1,12 @@
 """Safetensors files on an HTTP server (the Hugging Face hub), read by byte ranges.
 
 A :class:`RemoteSafetensors` reads the file's 8-byte length and JSON header, then, for each block
-of a Gram pass, exactly the byte range that block needs: nothing is written to disk and no whole
-file is fetched. Transient failures (a dropped connection, a short body, HTTP 429 or 5xx) are
-retried with exponential backoff; a file whose bytes do not hash to its LFS sha256 is named by
-:meth:`RemoteSafetensors.verify` and never used.
+of a Gram pass, exactly the byte range that block needs: nothing is written to disk. Transient
+failures (a dropped connection, a short body, HTTP 429 or 5xx) are retried with exponential
+backoff, honouring ``Retry-After``; a server that ignores ``Range`` or answers another range is
+refused. :meth:`RemoteSafetensors.verify` streams the whole file once through sha256 (in
+memory, counted apart as ``bytes_verified``): a file whose bytes do not hash to its LFS sha256
+is named and never used; skipping verification halves the traffic of a pass.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ class RangeClient:
     ``bytes_read``: body bytes received by range reads (what a pass cost); ``bytes_verified``:
     bytes streamed to check sha256s."""
 
-    def __init__(self, session=None, *, headers: dict | None = None, retries: int = 4, backoff: float = 0.1):
+    def __init__(self, session=None, *, headers: dict | None = None, retries: int = 6, backoff: float = 0.5,
+                 max_wait: float = 60.0):
         if session is None:
             from huggingface_hub import get_session
             from huggingface_hub.utils import build_hf_headers
 
             session, headers = get_session(), {**build_hf_headers(), **(headers or {})}
         self.session, self.headers = session, headers or {}
-        self.retries, self.backoff = retries, backoff
+        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        self._retry_after: float | None = None
         self.bytes_read = self.bytes_verified = self.retried = 0
         self._lock = threading.Lock()
 
@@ -46,6 +50,12 @@ class RangeClient:
             return self.session.get(url, headers={**self.headers, **headers}, follow_redirects=True)
         except TypeError:  # requests spells it allow_redirects
             return self.session.get(url, headers={**self.headers, **headers}, allow_redirects=True)
+
+    def _wait(self, attempt: int) -> float:
+        """Seconds before retry ``attempt``: the server's Retry-After if it sent one, else
+        exponential backoff; at most ``max_wait``."""
+        wait, self._retry_after = self._retry_after, None
+        return min(self.max_wait, wait if wait is not None else self.backoff * 2 ** (attempt - 1))
 
     def _stream(self, url: str):
         if hasattr(self.session, "stream"):  # httpx
@@ -61,18 +71,25 @@ class RangeClient:
             if attempt:
                 with self._lock:
                     self.retried += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(self._wait(attempt))
             try:
                 r = self._get(url, {"Range": f"bytes={start}-{start + n - 1}"})
                 status = r.status_code
                 if status in TRANSIENT:
                     last = f"HTTP {status}"
+                    self._retry_after = _seconds(r.headers.get("Retry-After"))
                     continue
                 if status == 404:
                     raise TrajectoryError(f"{label}: not found on the server (HTTP 404)")
                 if status not in (200, 206):
                     raise TrajectoryError(f"{label}: HTTP {status} reading bytes {start}..{start + n - 1}")
-                data = r.content if status == 206 else r.content[start:start + n]
+                if status == 200:  # the whole file: the server ignored Range
+                    raise TrajectoryError(f"{label}: the server ignores byte ranges (HTTP 200 for bytes "
+                                          f"{start}..{start + n - 1}); open it through the local cache instead")
+                got = r.headers.get("Content-Range", "")
+                if not got.startswith(f"bytes {start}-"):
+                    raise TrajectoryError(f"{label}: asked for bytes {start}..{start + n - 1}, the server sent {got!r}")
+                data = r.content
                 if len(data) != n:
                     last = f"got {len(data)} of {n} bytes"
                     continue
@@ -90,7 +107,7 @@ class RangeClient:
         last = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(self._wait(attempt))
             try:
                 h, n = hashlib.sha256(), 0
                 with self._stream(url) as r:
@@ -111,6 +128,13 @@ class RangeClient:
             except Exception as exc:
                 last = f"{type(exc).__name__}: {exc}"
         raise TrajectoryError(f"{label}: could not be read to verify it ({last})")
+
+
+def _seconds(value) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to backoff
 
 
 def resolve_url(endpoint: str, repo_id: str, revision: str, path: str) -> str:

@@ -40,7 +40,10 @@ log = logging.getLogger("trajlib.sources")
 
 # Files a trainer writes beside its checkpoints that hold no weights (optimizer and scheduler
 # state, RNG state, pickled arguments): never part of a trajectory.
-TRAINER_SIDECARS = re.compile(r"^(training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth)$")
+TRAINER_SIDECARS = re.compile(r"^(training_args\.bin|optimizer\.(pt|bin)|scheduler\.(pt|bin)|scaler\.(pt|bin)"
+                              r"|rng_state.*\.pth|random_states_\d+\.pkl)$")
+# A final save_model() beside checkpoint subfolders: one file, or shards and their index.
+LOOSE_MODEL = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$|.*\.index\.json$")
 
 
 def open_run(run_dir: str | Path, *, verify: bool = False) -> Trajectory:
@@ -207,9 +210,9 @@ def open_dcp_dir(directory: str | Path, *, steps=None, prefix: str | None = None
     """Open a folder of ``torch.distributed.checkpoint`` saves, one subdirectory per step
     (torchtitan's ``step-N``): steps from ``steps`` or each name's trailing integer.
 
-    Tensors that hold the same bytes under two names in the first and the last checkpoint are
-    a tied weight (DCP writes each name; it keeps no record of sharing) and are read once,
-    under the first name."""
+    Tensors that hold the same bytes under two names in the first, a middle and the last
+    checkpoint are a tied weight (DCP writes each name; it keeps no record of sharing) and are
+    read once, under the first name; with fewer than three checkpoints none are merged."""
     from .dcp import DCPCheckpoint, is_dcp_dir
 
     directory = Path(directory)
@@ -221,16 +224,24 @@ def open_dcp_dir(directory: str | Path, *, steps=None, prefix: str | None = None
     step_list = _steps_for(labels, steps, [None] * len(labels), str(directory))
     checkpoints = [Checkpoint(r, s, label=lab) for r, s, lab in zip(readers, step_list, labels)]
     order = sorted(range(len(checkpoints)), key=lambda i: checkpoints[i].step)
-    aliases = equal_tensors(readers[order[0]], readers[order[-1]])
+    aliases = equal_tensors([readers[order[0]], readers[order[len(order) // 2]], readers[order[-1]]]
+                            if len(order) >= 3 else [])
     for r in readers:
         r.names = [n for n in r.names if n not in aliases]
     meta = {"tied": aliases} if aliases else {}
     return Trajectory(checkpoints, kinds=kinds_of(readers[0].names), meta=meta, source=str(directory))
 
 
-def equal_tensors(first, last) -> dict[str, str]:
-    """{alias: kept name} for tensors of equal shape and dtype whose bytes are equal in both
-    readers (two checkpoints of one run): tied weights saved under two names."""
+def equal_tensors(readers) -> dict[str, str]:
+    """{alias: kept name} for tensors of equal shape and dtype whose bytes are equal in each of
+    ``readers`` (the first, a middle and the last checkpoint of one run): tied weights saved under
+    two names. Tensors are hashed one at a time (memory: one tensor); fewer than three
+    checkpoints say nothing (equal initialisations such as LayerNorm gains would look tied)."""
+    import hashlib
+
+    if len(readers) < 3:
+        return {}
+    first = readers[0]
     by_kind: dict[tuple, list[str]] = {}
     for n in first.names:
         by_kind.setdefault((first.shapes[n], first.dtypes[n]), []).append(n)
@@ -238,12 +249,12 @@ def equal_tensors(first, last) -> dict[str, str]:
     for names in by_kind.values():
         if len(names) < 2:
             continue
-        kept: list[tuple[str, bytes, bytes]] = []
+        kept: list[tuple[str, tuple]] = []
         for n in names:
-            a, b = first.tensor(n).tobytes(), last.tensor(n).tobytes()
-            match = next((k for k, ka, kb in kept if ka == a and kb == b), None)
+            digest = tuple(hashlib.sha256(r.tensor(n).tobytes()).hexdigest() for r in readers)
+            match = next((k for k, d in kept if d == digest), None)
             if match is None:
-                kept.append((n, a, b))
+                kept.append((n, digest))
             else:
                 aliases[n] = match
     return aliases
@@ -262,7 +273,7 @@ def open_folder(directory: str | Path, *, steps=None, prefix: str | None = None)
     files = [p for p in entries if p.is_file() and (p.suffix in TORCH_SUFFIXES or p.suffix == ".safetensors")
              and not TRAINER_SIDECARS.match(p.name)]
     if hf or dcp:
-        loose = [p for p in files if p.name in HF_FILES]  # a Trainer's final save_model() beside its checkpoints
+        loose = [p for p in files if LOOSE_MODEL.match(p.name)]  # a Trainer's final save_model() beside its checkpoints
         for p in loose:
             log.info("%s: %s lies beside the checkpoint subfolders; not part of the trajectory", directory, p.name)
         files = [p for p in files if p not in loose]

@@ -35,8 +35,11 @@ def find_weights(obj, source: str) -> tuple[dict, dict]:
 
     The state dict is ``obj`` itself when it maps names to tensors, else the first of
     :data:`WEIGHT_KEYS` that does; the fields are ``obj``'s top-level int/float entries
-    (``global_step``, ``epoch``, ``iter_num``). Raises ``ValueError`` naming ``source`` when no
-    state dict is found."""
+    (``global_step``, ``epoch``, ``iter_num``). A flat dict of tensors with a few other values
+    beside them (a step, ``_extra_state``) is a state dict too. Raises ``ValueError`` naming
+    ``source`` when no state dict is found."""
+    import torch
+
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     if is_tensor_dict(obj):
@@ -46,6 +49,9 @@ def find_weights(obj, source: str) -> tuple[dict, dict]:
         inner = obj.get(key)
         if is_tensor_dict(inner):
             return inner, fields
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors and not any(isinstance(v, dict) and is_tensor_dict(v) for v in obj.values()):
+        return tensors, fields  # a flat save with a few extras beside the tensors ({**sd, "step": 5})
     raise ValueError(f"{source}: no state dict in it (looked for a dict of tensors at the top level and "
                      f"under {', '.join(repr(k) for k in WEIGHT_KEYS)}; keys: {', '.join(map(str, list(obj)[:8]))})")
 

@@ -23,8 +23,9 @@ class Suite:
     named groups ``step`` and optionally ``tokens`` (+ ``unit``: K, M, B, T) — branches it does not
     match (``main``) are not checkpoints; ``schedule``: the steps the suite promises (None when it
     does not promise one); ``tokens_per_step``: tokens per optimiser step where fixed;
-    ``formats``: the weight files it ships; ``one_repo_per_step``: each step is its own repository
-    (MultiBERTs, TinyLlama), named by ``revision`` instead of a branch.
+    ``formats``: the weight files it ships. Suites with one repository per step (MultiBERTs,
+    TinyLlama's intermediate checkpoints) are not registered: their audit would list repositories,
+    not branches.
     """
 
     name: str
@@ -33,7 +34,6 @@ class Suite:
     schedule: Callable[[], list[int]] | None = None
     tokens_per_step: int | None = None
     formats: tuple[str, ...] = ("model.safetensors",)
-    one_repo_per_step: bool = False
     notes: str = ""
     _pattern: re.Pattern = field(init=False, repr=False, compare=False)
 
@@ -45,7 +45,7 @@ class Suite:
         m = self._pattern.fullmatch(name)
         if m is None:
             return None
-        step = int(m.group("step")) * (1000 if m.groupdict().get("k") else 1)
+        step = int(m.group("step"))
         tokens = None
         if m.groupdict().get("tokens"):
             tokens = round(float(m.group("tokens")) * _UNITS[(m.groupdict().get("unit") or "").upper()])
@@ -73,10 +73,6 @@ def _amber() -> list[int]:
     return list(range(360))  # ckpt_000 .. ckpt_359, one per 1/360 of training
 
 
-def _multiberts() -> list[int]:
-    return list(range(0, 200_001, 20_000)) + list(range(300_000, 2_000_001, 100_000))
-
-
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
@@ -91,9 +87,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           formats=("model.safetensors", "model.safetensors.index.json"),
           notes="stepN-tokensMB branches; no promised schedule (OLMo 1 has large gaps)"),
     Suite("olmo2", ("allenai/OLMo-2-1124-7B", "allenai/OLMo-2-1124-13B"),
-          r"(?:stage\d+-(?:ingredient\d+-)?)?step(?P<step>\d+)-tokens(?P<tokens>\d+)(?P<unit>[KMBT]?)",
+          r"stage1-step(?P<step>\d+)-tokens(?P<tokens>\d+)(?P<unit>[KMBT]?)",
           formats=("model.safetensors", "model.safetensors.index.json"),
-          notes="stage and ingredient branches"),
+          notes="stage-1 pretraining branches; stage-2 ingredients are separate runs with their own steps"),
     Suite("amber", ("LLM360/Amber",), r"ckpt_(?P<step>\d+)", _amber, formats=("pytorch_model.bin",
           "pytorch_model.bin.index.json"), notes="ckpt_NNN: checkpoint number, not optimiser step"),
     Suite("crystal", ("LLM360/CrystalCoder",), r"CrystalCoder_phase\d+_checkpoint_(?P<step>\d+)",
@@ -102,12 +98,6 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
                         "stanford-crfm/caprica-gpt2-small-x81", "stanford-crfm/darkmatter-gpt2-small-x343",
                         "stanford-crfm/expanse-gpt2-small-x777"),
           r"checkpoint-(?P<step>\d+)", _crfm_gpt2, formats=("pytorch_model.bin",), notes="609 checkpoints each"),
-    Suite("multiberts", tuple(f"google/multiberts-seed_{k}" for k in range(5)), r".*step_(?P<step>\d+)(?P<k>k)",
-          _multiberts, formats=("pytorch_model.bin",), one_repo_per_step=True,
-          notes="one repository per step: google/multiberts-seed_K-step_Nk"),
-    Suite("tinyllama", ("TinyLlama/TinyLlama-1.1B-intermediate",),
-          r".*step-(?P<step>\d+)(?P<k>k)-(?P<tokens>[\d.]+)(?P<unit>[BT])", formats=("model.safetensors",
-          "pytorch_model.bin"), one_repo_per_step=True, notes="one repository per step"),
 )}
 
 
