@@ -275,3 +275,14 @@ def test_a_truncated_dcp_shard_and_a_missing_one_are_named(dcp_run, tmp_path):
     shard.unlink()
     with pytest.raises(TrajectoryError, match=r"step-2/__1_0\.distcp: storage file .* is missing"):
         trajlib.open_trajectory(runs)
+
+
+def test_a_flat_save_with_a_step_beside_the_tensors_opens_with_that_step(tmp_path):
+    """``torch.save({**model.state_dict(), "step": 5})``: the tensors are the state dict, the
+    number is its step (not a dict the reader refuses)."""
+    model = TiedLM()
+    for s in (5, 9):
+        _train_steps(model, 1, seed=s)
+        torch.save({**model.state_dict(), "step": s, "note": None}, tmp_path / f"snap-{s}.pt")
+    traj = trajlib.open_trajectory(tmp_path)
+    assert list(traj.steps) == [5, 9] and "head.weight" not in traj.names and "step" not in traj.names
