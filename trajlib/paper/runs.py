@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,11 @@ class Sweep:
         out = self.table.groupby("label", sort=False)[list(columns)].agg(["mean", "std"])
         return out.loc[order]
 
+    def by_seed(self, column: str) -> pd.DataFrame:
+        """One column of the table as seeds × labels (labels in sweep order)."""
+        order = list(dict.fromkeys(self.table["label"]))
+        return self.table.pivot(index="seed", columns="label", values=column)[order]
+
     def stats(self, label, seed=None) -> GramStats:
         """The Grams of one run (the first seed by default)."""
         seed = self.table["seed"].iloc[0] if seed is None else seed
@@ -251,6 +257,28 @@ def sweep(runs_dir, *, name: str, configs: dict, seeds, group: str = "all", grou
             rows.append(row)
             runs[(label, seed)], run_stats[(label, seed)] = r, stats
     return Sweep(pd.DataFrame(rows), runs, run_stats)
+
+
+def per_run_table(sweeps: dict[str, Sweep], tag: str) -> pd.DataFrame:
+    """The per-run tables of several sweeps stacked, each row's column ``tag`` naming its sweep's
+    key, without the run folders (they name this machine's paths)."""
+    tables = [s.table.assign(**{tag: key}) for key, s in sweeps.items()]
+    return pd.concat(tables).drop(columns="run_dir").reset_index(drop=True)
+
+
+def parting_epochs(a: Sweep, label_a: str, b: Sweep, label_b: str, *, band: float) -> list[float]:
+    """Per seed, the epoch at which run ``label_a`` of ``a`` and run ``label_b`` of ``b`` (one
+    initialisation) part, from their joint Gram (:func:`trajlib.joint.where_runs_part`); NaN
+    for a seed whose runs never leave the band."""
+    from ..joint import where_runs_part
+
+    out = []
+    for seed in dict.fromkeys(a.table["seed"]):
+        st = gram([a.runs[(label_a, seed)].trajectory(), b.runs[(label_b, seed)].trajectory()],
+                  cache=False, progress=False)
+        step = where_runs_part(st, 0, 1, band=band)
+        out.append(math.nan if step is None else float(dict(zip(st.steps, st.epochs))[step]))
+    return out
 
 
 def uniform_checkpoints(stats, every: int):

@@ -148,6 +148,12 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
+    def api(self):
+        """A real ``huggingface_hub.HfApi`` pointed at this server."""
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.url)
+
     # -- answers ------------------------------------------------------------------------------
     def _json(self, h, obj, status=200):
         body = json.dumps(obj).encode()
