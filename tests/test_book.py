@@ -204,6 +204,29 @@ def test_markdown_tables_show_cells_as_given_and_right_align_numbers():
     assert [m.startswith(":") for m in marks] == [False, True, True] and marks[0].endswith(":")  # n right, text left
 
 
+def test_methods_page_shows_every_seed_check_as_measured_and_the_front_page_says_how_to_verify(ci_book):
+    import json
+
+    from trajlib.paper.seed_checks import CHECKS, trusted
+
+    root, _, _ = ci_book
+    methods = (html_dir(root) / "methods.html").read_text()
+    path = root / "book" / "benchmarks" / "seed_margins.json"
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    for check in CHECKS:
+        row = methods.split(f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{check.name}</span>")
+        assert len(row) == 2, check.name
+        cells = row[1].split("</tr>")[0]
+        record = measured.get(check.name)
+        assert (f">{record['n']}<" if record else ">not measured<") in cells, check.name
+        assert (">yes<" in cells) == trusted(record), check.name
+    import html
+    import re
+
+    intro = html.unescape(re.sub(r"<[^>]+>", "", (html_dir(root) / "intro.html").read_text()))  # code is highlighted
+    assert "python -m trajlib.paper verify" in intro and "rtol" in intro
+
+
 def _public_names(module) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is None:

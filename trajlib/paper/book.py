@@ -175,15 +175,17 @@ def write_ledger(layout: Layout) -> Path:
 def margin_table(path: Path) -> str:
     """The test suite's seed checks as measured by ``python -m trajlib.paper margins``: per
     check, seeds measured, how many held, mean and smallest margin, z, and whether it is asserted."""
-    from .seed_checks import MIN_SEEDS, Z_MIN, trusted
+    from .seed_checks import CHECKS, MIN_SEEDS, Z_MIN, trusted
 
-    if not path.is_file():
-        return "The seed checks have not been measured yet (`python -m trajlib.paper margins`).\n"
-    d = json.loads(path.read_text())
-    rows = [{"check": f"`{name}`", "page": r["notebook"].split("-")[0], "statement": r["statement"],
-             "seeds": str(r["n"]), "held": str(r["held"]), "mean margin": f"{r['mean']:+.4f}",
-             "smallest": f"{r['min']:+.4f}", "z = mean / sd": f"{r['z']:.1f}",
-             "asserted on every ci seed": "yes" if trusted(r) else "no"} for name, r in sorted(d.items())]
+    d = json.loads(path.read_text()) if path.is_file() else {}
+    rows = []
+    for c in CHECKS:
+        r = d.get(c.name)
+        measured = {"seeds": str(r["n"]), "held": str(r["held"]), "mean margin": f"{r['mean']:+.4f}",
+                    "smallest": f"{r['min']:+.4f}", "z = mean / sd": f"{r['z']:.1f}"} if r else \
+            {"seeds": "not measured", "held": "—", "mean margin": "—", "smallest": "—", "z = mean / sd": "—"}
+        rows.append({"check": f"`{c.name}`", "page": c.notebook.split("-")[0], "statement": c.statement,
+                     **measured, "asserted on every ci seed": "yes" if trusted(r) else "no"})
     return (_markdown(rows) + f"\n\nA check is asserted when it held on every one of at least {MIN_SEEDS} seeds "
             f"and its mean margin is at least {Z_MIN:g} standard deviations above zero.\n")
 
