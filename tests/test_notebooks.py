@@ -524,3 +524,37 @@ def test_10_extension_rows_recompute_from_the_per_run_table(ci_book):
     assert headline([doc])["claims"] == 0  # extensions are not paper claims
     assert sorted(mds["sgd"].columns) == sorted(["momentum + wd", "momentum only", "wd only", "neither"])
 
+
+def test_12_rows_recompute_from_the_runs_table_and_the_redundancy_runs(ci_book):
+    """Page 12: every finished digits run of the named pages is a point; the correlation rows are
+    those of its table, the subspace rows the paired differences of the redundancy runs, and none
+    counts as a paper claim."""
+    from trajlib.paper.generalisation import collect_runs, rank_correlation
+    from trajlib.paper.ledger import headline
+
+    root, _, _ = ci_book
+    doc = results(root, "12-generalisation-redundancy")
+    p = doc["parameters"]
+    table = per_run(doc, "runs")
+    runs_dir = root / "book" / "figures" / "runs"
+    assert sorted(table["run"]) == sorted(r.name for r in collect_runs(runs_dir, pages=p["pages"]))
+    assert set(table["page"]) == set(p["pages"])  # every page named contributed runs
+    assert ((table["clean_accuracy"] - table["final_accuracy"]).abs() < 0.05).all()  # BatchNorm re-estimated
+    learners = table[table["final_accuracy"] >= p["learned"]]
+    all_, learned, shifted, gain, bn, cost, drop = doc["claims"]
+    for row, (x, y) in ((all_, (table["mds"], table["final_accuracy"])),
+                        (learned, (learners["mds"], learners["final_accuracy"])),
+                        (shifted, (learners["mds"], learners["shifted_accuracy"]))):
+        r = rank_correlation(x, y, n_boot=p["n_boot"])
+        assert (row["effect"]["mean"], row["effect"]["low"], row["effect"]["high"], row["effect"]["n"]) == \
+            pytest.approx((r["rho"], r["low"], r["high"], r["n"]), abs=1e-12)
+    red = per_run(doc, "redundancy")
+    acc = red.pivot(index="seed", columns="label", values="final_accuracy")
+    k = f"k = {max(p['subspace_sizes'])}"
+    switch = red.pivot(index="seed", columns="label", values="switch_accuracy")
+    assert (switch.nunique(axis=1) == 1).all()  # every variant is the full run up to the switch
+    _recomputes(gain, 100 * (acc[k] - switch["full"]))
+    _recomputes(bn, 100 * (acc[k] - acc["BatchNorm only"]))
+    _recomputes(cost, 100 * (acc["full"] - acc[k]))
+    assert {r["kind"] for r in doc["claims"][:6]} == {"extension"} and drop["kind"] == "property"
+    assert headline([doc])["claims"] == 0

@@ -1,5 +1,6 @@
 """Figures only this paper's notebooks draw: seed summaries of sweeps (02, 07) and the regime
-map of the oscillation theory (06). General figures live in :mod:`trajlib.plot`."""
+map of the oscillation theory (06), runs against their MDS and accuracy by subspace size (12).
+General figures live in :mod:`trajlib.plot`."""
 
 from __future__ import annotations
 
@@ -46,4 +47,39 @@ def regime_map(grid, x, y, *, ax=None, xlabel: str = "η (h + λ)", ylabel: str 
               framealpha=0.9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    return ax
+
+
+def mds_against(table, column: str, *, ax=None, hue: str = "page", ylabel: str | None = None, title: str | None = None):
+    """One point per run: MDS (x) against ``column`` (y), coloured by ``hue`` (page 12)."""
+    ax = ax or plt.subplots(figsize=(4.6, 3.4))[1]
+    for i, (key, rows) in enumerate(table.groupby(hue, sort=True)):
+        ax.scatter(rows["mds"], rows[column], s=22, color=f"C{i}", label=str(key), alpha=0.85)
+    ax.set_xlabel("MDS (all parameters)")
+    ax.set_ylabel(ylabel or column)
+    if title:
+        ax.set_title(title)
+    sns.despine(ax=ax)
+    return ax
+
+
+def accuracy_by_subspace(by_k, references: dict, *, ax=None, title: str | None = None):
+    """Final accuracy (mean ± std over seeds) against the subspace size k (log₂ axis), from
+    ``by_k`` (seeds × k), with each reference (label → per-seed accuracies) as a band (page 12)."""
+    ax = ax or plt.subplots(figsize=(4.8, 3.4))[1]
+    ks = np.asarray(by_k.columns, dtype=float)
+    ax.errorbar(ks, 100 * by_k.mean(), yerr=100 * by_k.std().fillna(0.0), fmt="o-", capsize=4, color="C0",
+                label="top-k span of the early trajectory")
+    for i, (label, acc) in enumerate(references.items()):
+        m, s = 100 * np.mean(acc), 100 * (np.std(acc, ddof=1) if len(acc) > 1 else 0.0)
+        ax.axhline(m, color=f"C{i + 1}", ls="--", label=label)
+        ax.axhspan(m - s, m + s, color=f"C{i + 1}", alpha=0.15, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(int(k)) for k in ks])
+    ax.set_xlabel("directions trained after the switch (k)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.legend(fontsize="small", frameon=False)
+    if title:
+        ax.set_title(title)
+    sns.despine(ax=ax)
     return ax

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..manifest import atomic_write
-from .verdict import VERDICTS, judge
+from .verdict import VERDICTS, judge, judge_interval
 
 
 KINDS = {
@@ -38,7 +38,7 @@ SOURCES = {
 def claim(text: str, *, paper: str, source: str, ours: float | None = None, effects=None,
           direction: int | None = None, kind: str = "paper", level: str = "", std: float | None = None,
           agrees: bool | None = None, unit: str = "", note: str = "", digits: int = 3,
-          shown: str | None = None, blocked: str | None = None) -> dict:
+          shown: str | None = None, blocked: str | None = None, interval: tuple | None = None) -> dict:
     """One ledger row.
 
     ``effects``: the claim's effect per seed (paired by seed where the design pairs them), signed
@@ -50,6 +50,8 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
     "checkpoint"). ``shown``: how to print the numbers when a pair of values says more.
     ``blocked``: why the row's inputs were rejected upstream (an audit of the public checkpoints
     it reads): the row then has verdict "blocked" and no effect, whatever was computed.
+    ``interval``: (estimate, low, high, n) of an effect whose 95 % interval is not over seeds
+    (a rank correlation over runs with its bootstrap interval); judged like ``effects``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; valid: {', '.join(KINDS)}")
@@ -59,10 +61,13 @@ def claim(text: str, *, paper: str, source: str, ours: float | None = None, effe
     row = {"claim": text, "paper": paper, "source": source, "kind": kind, "level": level, "unit": unit,
            "note": note, "digits": digits, "shown": shown, "std": None if std is None else float(std),
            "effect": None, "verdict": None}
-    if effects is not None:
+    if effects is not None or interval is not None:
         if direction is None:
             raise ValueError(f"{text!r}: effects need the paper's direction (+1 or -1)")
-        effect = judge(effects, direction=direction)
+        if effects is not None and interval is not None:
+            raise ValueError(f"{text!r}: give per-seed effects or an interval, not both")
+        effect = judge(effects, direction=direction) if interval is None else \
+            judge_interval(*interval[:3], n=int(interval[3]), direction=direction)
         if effect.n == 0:  # nothing to judge here (e.g. a model too shallow to have middle layers)
             row.update(ours=None, note=(note + "; " if note else "") + "not computable at this preset")
         else:

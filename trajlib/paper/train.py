@@ -100,7 +100,8 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
                      optimizer: str = "sgd", schedule: str = "cosine", warmup_epochs: float = 0.0, record_every: int | None = None,
                      freeze_epoch: int | None = None, seed: int = 0, device="cpu", num_workers: int = 0,
                      meta: dict | None = None, step_stats: bool | list = False,
-                     directions: dict | None = None, sketch: int | dict | None = None) -> pd.DataFrame:
+                     directions: dict | None = None, sketch: int | dict | None = None,
+                     subspace: dict | None = None) -> pd.DataFrame:
     """Train with SGD (or AdamW) and record θ_t into ``run_dir``; returns one row per epoch
     (epoch, step, lr, train_loss, test_accuracy, seconds).
 
@@ -111,6 +112,8 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     ``step_stats``/``directions``: exact statistics of every step beside the run
     (:mod:`trajlib.steps`; notebooks 02, 03); ``sketch``: a sketch of every step
     (:mod:`trajlib.sketch`; notebook 01's dense map).
+    ``subspace``: {"from_epoch": K, "basis": {name: (k, *shape) orthonormal directions}}: from
+    epoch K on only the coefficients of θ_K + Vᵀ c train (SGD only; :mod:`trajlib.paper.subspace`).
     """
     model.to(device).train()
     spe = _steps_per_epoch(data, batch_size)
@@ -123,7 +126,9 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
         make_opt = lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)  # noqa: E731
     else:
         raise ValueError(f"optimizer={optimizer!r}: expected 'sgd' or 'adamw'")
-    opt = make_opt(params)
+    if subspace is not None and (optimizer != "sgd" or freeze_epoch is not None):
+        raise ValueError("subspace training needs optimizer='sgd' and no freeze_epoch")
+    opt, sub = make_opt(params), None
     gen = torch.Generator().manual_seed(seed)
     rows, step, t0 = [], 0, time.time()
     run_meta = {"task": "classification", "epochs": epochs, "batch_size": batch_size, "schedule": schedule,
@@ -134,6 +139,11 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
                            disable=None):
             if freeze_epoch is not None and epoch == freeze_epoch:
                 opt = make_opt(bn_only(model))
+            if subspace is not None and epoch == subspace["from_epoch"]:
+                from .subspace import SubspaceStep
+
+                sub = SubspaceStep(model, subspace["basis"], lr=lr, momentum=momentum, weight_decay=weight_decay)
+                opt = sub.optimizer
             losses = []
             for x, y in _batches(data, batch_size, gen, train=True, num_workers=num_workers):
                 for group in opt.param_groups:
@@ -144,7 +154,7 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
                                              f"lower the learning rate (lr={lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                sub.step() if sub is not None else opt.step()
                 step += 1
                 losses.append(loss.item())
                 rec.step(step, epoch=step / spe)

@@ -52,11 +52,20 @@ def t_interval(values: Sequence[float], *, level: float = 0.95) -> tuple[float, 
 
 def judge(effects: Sequence[float], *, direction: int) -> Effect:
     """The verdict of per-seed ``effects`` against the paper's ``direction`` (+1 or −1)."""
-    if direction not in (1, -1):
-        raise ValueError(f"direction={direction!r}: expected +1 (the paper says the effect is positive) or -1")
     mean, low, high = t_interval(effects)
     n = int(np.isfinite(np.asarray(effects, dtype=np.float64)).sum())
-    if math.isnan(low):
+    return judge_interval(mean, low, high, n=n, direction=direction)
+
+
+def judge_interval(estimate: float, low: float, high: float, *, n: int, direction: int) -> Effect:
+    """The verdict of an effect whose 95 % interval [``low``, ``high``] was formed another way
+    (a bootstrap over runs, say), by the same rule as :func:`judge`; NaN bounds: inconclusive."""
+    if direction not in (1, -1):
+        raise ValueError(f"direction={direction!r}: expected +1 (the paper says the effect is positive) or -1")
+    mean, low, high = float(estimate), float(low), float(high)
+    if not low <= mean <= high and not (math.isnan(low) or math.isnan(high)):
+        raise ValueError(f"estimate {mean} lies outside its interval [{low}, {high}]")
+    if math.isnan(low) or math.isnan(high):
         verdict = "inconclusive"
     elif low > 0 or high < 0:
         verdict = "agrees" if (low > 0) == (direction > 0) else "disagrees"
