@@ -166,3 +166,37 @@ def test_the_audit_checks_each_shard_set_on_its_own_and_finds_sharded_twins():
     assert t.loc[0, "status"] == "ok" and t.loc[2, "status"] == "ok"
     assert t.loc[1, "status"] == "identical" and t.loc[1, "detail"] == "same weight blobs as step2"
     assert t.loc[3, "status"] == "shard mismatch" and "pytorch_model-00002-of-00002.bin" in t.loc[3, "detail"]
+
+
+def test_verify_false_reaches_the_hub_and_skips_the_sha256_while_the_default_checks_it(hub):
+    """open_trajectory("hub:…", verify=False) streams without hashing (the corrupt step100 then
+    opens); left out, every file is hashed and step100 is dropped, named."""
+    fake, _ = hub
+    client = RangeClient()
+    traj = trajlib.open_trajectory(f"hub:{REPO}", steps=[0, 100], endpoint=fake.url, client=client, verify=False)
+    assert list(traj.steps) == [0, 100] and client.bytes_verified == 0 and traj.meta["streamed"]["verified"] is False
+    checked = trajlib.open_trajectory(f"hub:{REPO}", steps=[0, 100], endpoint=fake.url)
+    assert list(checked.steps) == [0] and "corrupt blob" in checked.meta["audit"]["dropped"]["step100"]
+
+
+def test_the_cli_names_an_unknown_repository_and_a_missing_hub_extra(hub, capsys, monkeypatch):
+    import builtins
+
+    from trajlib.cli import EXIT_MISSING, EXIT_USAGE, main
+
+    fake, _ = hub
+    assert main(["audit", "nobody/none", "--endpoint", fake.url]) == EXIT_MISSING
+    err = capsys.readouterr().err
+    assert err.startswith("trajlib audit: ") and "nobody/none" in err and "Traceback" not in err
+    real = builtins.__import__
+
+    def no_hub(name, *args, **kwargs):
+        if name.startswith("huggingface_hub"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    assert main(["audit", "standin", "--endpoint", fake.url]) == EXIT_USAGE
+    assert "pip install 'trajlib[hub]'" in capsys.readouterr().err
+    with pytest.raises(ImportError, match=r"pip install 'trajlib\[hub\]'"):
+        trajlib.open_trajectory(f"hub:{REPO}", endpoint=fake.url)

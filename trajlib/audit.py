@@ -29,14 +29,20 @@ class FileMeta:
     sha256: str | None = None
 
 
-def hub_listing(repo_id: str, *, api=None) -> dict[str, list[FileMeta]]:
-    """{branch: its files} from the hub's metadata endpoints (refs, then each branch's tree);
-    ``huggingface_hub`` honours ``HF_ENDPOINT``."""
+def hf_api(endpoint: str | None = None):
+    """A ``huggingface_hub.HfApi`` for ``endpoint`` (default ``HF_ENDPOINT`` / huggingface.co);
+    without the ``hub`` extra, an ImportError that says how to install it."""
     try:
         from huggingface_hub import HfApi
     except ImportError:
-        raise ImportError("auditing hub suites needs huggingface_hub: pip install 'trajlib[hub]'") from None
-    api = api or HfApi()
+        raise ImportError("reading hub suites needs huggingface_hub: pip install 'trajlib[hub]'") from None
+    return HfApi(endpoint=endpoint)
+
+
+def hub_listing(repo_id: str, *, api=None) -> dict[str, list[FileMeta]]:
+    """{branch: its files} from the hub's metadata endpoints (refs, then each branch's tree);
+    ``huggingface_hub`` honours ``HF_ENDPOINT``."""
+    api = api or hf_api()
     out = {}
     for branch in api.list_repo_refs(repo_id).branches:
         files = [FileMeta(f.path, int(f.size), f.lfs.sha256 if f.lfs else None)

@@ -79,9 +79,9 @@ def _audit(args) -> int:
 
 
 def _api(endpoint):
-    from huggingface_hub import HfApi
+    from .audit import hf_api
 
-    return HfApi(endpoint=endpoint)
+    return hf_api(endpoint)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except FileNotFoundError as exc:
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)
+        return EXIT_MISSING
+    except ImportError as exc:  # an optional extra (the hub's client) is not installed
+        print(f"trajlib {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the hub or the network refused (unknown repository, HTTP errors)
+        print(f"trajlib {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_MISSING
     except ValueError as exc:
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)

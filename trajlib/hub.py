@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 
-from .audit import Audit, audit as run_audit
+from .audit import Audit, audit as run_audit, hf_api
 from .manifest import TrajectoryError
 from .remote import RangeClient, remote_checkpoint, resolve_url
 from .state_dicts import kinds_of
@@ -77,9 +77,7 @@ def open_hub_suite(repo_id: str, *, steps=None, endpoint: str | None = None, ver
     dropped and named; ``audit``: a finished audit to reuse; ``client``: the :class:`RangeClient`
     (its counters say what the pass read); ``cache_dir``: where ``.bin``-only branches are cached. ``meta["audit"]`` records coverage, the branches dropped and why, and the
     tokens seen at each step."""
-    from huggingface_hub import HfApi
-
-    api = api or HfApi(endpoint=endpoint)
+    api = api or hf_api(endpoint)
     endpoint = api.endpoint
     result = audit or run_audit(repo_id, api=api)
     table = result.table[result.table.repo == repo_id]

@@ -336,7 +336,7 @@ def open_hub(repo_id: str, revisions: Sequence[str], *, steps=None, cache_dir: s
 
 
 def open_trajectory(source: str | Path, *, revisions: Sequence[str] | None = None, steps=None,
-                    prefix: str | None = None, drop_duplicates: bool = False, verify: bool = False,
+                    prefix: str | None = None, drop_duplicates: bool = False, verify: bool | None = None,
                     **hub_kwargs) -> Trajectory:
     """Open a trajectory from a run directory, a folder or glob of checkpoints, or the hub.
 
@@ -346,12 +346,13 @@ def open_trajectory(source: str | Path, *, revisions: Sequence[str] | None = Non
     range reads (:func:`trajlib.hub.open_hub_suite`; ``steps`` selects branches). ``steps``: override the steps (a list in sorted order, or a dict by name).
     ``prefix``: keep only tensors under it, stripped (``"model."`` of a LightningModule).
     ``drop_duplicates``: keep one of each set of byte-identical checkpoints (logged).
-    ``verify``: re-hash a run's files against its manifest.
+    ``verify``: re-hash a run's files against its manifest (default off); for ``"hub:"``, hash
+    each file against the hub's LFS sha256 before use (default on; ``False`` skips it).
     """
     if isinstance(source, str) and source.startswith("hub:"):  # audited, streamed by range reads
         from .hub import open_hub_suite
 
-        traj = open_hub_suite(source[4:], steps=steps, **hub_kwargs)
+        traj = open_hub_suite(source[4:], steps=steps, verify=verify is not False, **hub_kwargs)
         return traj.drop_duplicates()[0] if drop_duplicates else traj
     path = Path(source)
     from .shards import is_sharded_run, open_sharded_run
@@ -359,7 +360,7 @@ def open_trajectory(source: str | Path, *, revisions: Sequence[str] | None = Non
     if is_sharded_run(path):  # one manifest over per-rank runs (trajlib.shards)
         traj = open_sharded_run(path)
     elif (path / MANIFEST).is_file():
-        traj = open_run(path, verify=verify)
+        traj = open_run(path, verify=bool(verify))
     elif path.is_dir():
         traj = open_folder(path, steps=steps, prefix=prefix)
     elif path.is_file():
