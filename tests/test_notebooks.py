@@ -558,3 +558,24 @@ def test_12_rows_recompute_from_the_runs_table_and_the_redundancy_runs(ci_book):
     _recomputes(cost, 100 * (acc["full"] - acc[k]))
     assert {r["kind"] for r in doc["claims"][:6]} == {"extension"} and drop["kind"] == "property"
     assert headline([doc])["claims"] == 0
+
+
+def test_11_rows_recompute_from_the_family_table_and_mup_is_the_base_family_at_its_base_width(ci_book):
+    """Page 11: one row per family, each the paired rise of MDS from the narrowest to the widest
+    width; μP at its base width trains exactly the standard family's run (same seed, same bytes)."""
+    from trajlib.paper.scale_families import width_rise
+
+    root, _, _ = ci_book
+    doc = results(root, "11-scale-parametrisation")
+    p = doc["parameters"]
+    table = per_run(doc)
+    families = list(dict.fromkeys(table["family"]))
+    assert len(families) == 5 and len(table) == 5 * len(p["widths"]) * p["seeds"]
+    rows = doc["claims"]
+    for row, family in zip(rows, families):
+        assert row["kind"] == "extension" and family in row["claim"]
+        _recomputes(row, width_rise(table, family))
+    mup, base = table[table.family == families[-1]], table[table.family == families[0]]
+    at_base = lambda t: t[t.width == p["widths"][0]].set_index("seed")[["mds", "travel", "final_accuracy"]]  # noqa: E731
+    assert at_base(mup).equals(at_base(base))
+    _recomputes(rows[len(families)], width_rise(table, families[-1], "relative_mds"))

@@ -1,6 +1,6 @@
-"""Figures only this paper's notebooks draw: seed summaries of sweeps (02, 07) and the regime
-map of the oscillation theory (06), runs against their MDS and accuracy by subspace size (12).
-General figures live in :mod:`trajlib.plot`."""
+"""Figures only this paper's notebooks draw: seed summaries of sweeps (02, 07), the regime map of
+the oscillation theory (06), width families (11), and runs against their MDS and accuracy by
+subspace size (12). General figures live in :mod:`trajlib.plot`."""
 
 from __future__ import annotations
 
@@ -55,12 +55,7 @@ def mds_against(table, column: str, *, ax=None, hue: str = "page", ylabel: str |
     ax = ax or plt.subplots(figsize=(4.6, 3.4))[1]
     for i, (key, rows) in enumerate(table.groupby(hue, sort=True)):
         ax.scatter(rows["mds"], rows[column], s=22, color=f"C{i}", label=str(key), alpha=0.85)
-    ax.set_xlabel("MDS (all parameters)")
-    ax.set_ylabel(ylabel or column)
-    if title:
-        ax.set_title(title)
-    sns.despine(ax=ax)
-    return ax
+    return _labelled(ax, "MDS (all parameters)", ylabel or column, title)
 
 
 def accuracy_by_subspace(by_k, references: dict, *, ax=None, title: str | None = None):
@@ -76,10 +71,37 @@ def accuracy_by_subspace(by_k, references: dict, *, ax=None, title: str | None =
         ax.axhspan(m - s, m + s, color=f"C{i + 1}", alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(int(k)) for k in ks])
-    ax.set_xlabel("directions trained after the switch (k)")
-    ax.set_ylabel("final test accuracy (%)")
     ax.legend(fontsize="small", frameon=False)
+    return _labelled(ax, "directions trained after the switch (k)", "final test accuracy (%)", title)
+
+
+def _labelled(ax, xlabel: str, ylabel: str, title: str | None):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     sns.despine(ax=ax)
     return ax
+
+
+def by_width(table, column: str, *, ax=None, ylabel: str | None = None, logy: bool = False, title: str | None = None):
+    """One line per family (mean ± std over seeds) of ``column`` against width (log₂ axis), from
+    :func:`trajlib.paper.scale_families.family_table` (page 11)."""
+    ax = ax or plt.subplots(figsize=(4.8, 3.4))[1]
+    for i, (family, rows) in enumerate(table.groupby("family", sort=False)):
+        g = rows.groupby("width")[column]
+        mean, std = g.mean(), g.std().fillna(0.0)
+        mu = family.startswith("μP")
+        ax.errorbar(mean.index, mean, yerr=std, fmt="o-" if not mu else "s--", capsize=3, color=f"C{i}",
+                    label=family, lw=2.2 if mu else 1.4)
+    ax.set_xscale("log", base=2)
+    widths = sorted(table["width"].unique())
+    ax.set_xticks(widths, [str(w) for w in widths])
+    if logy:
+        from matplotlib import ticker
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    return _labelled(ax, "width (hidden units)", ylabel or column, title)

@@ -188,16 +188,60 @@ def vgg16(*, in_channels: int = 3, num_classes: int = 10, bn: bool = True) -> VG
     return VGG(VGG16, in_channels=in_channels, num_classes=num_classes, bn=bn)
 
 
-class MLP(nn.Module):
-    """``depth`` hidden ReLU layers of ``width`` units on flattened inputs."""
+MLP_INITS = ("torch", "he", "glorot")
+PARAMETRISATIONS = ("standard", "mup")
 
-    def __init__(self, width: int = 64, *, depth: int = 2, in_features: int = 64, num_classes: int = 10):
+
+class MLP(nn.Module):
+    """``depth`` hidden ReLU layers of ``width`` units on flattened inputs.
+
+    ``init``: "torch" (PyTorch's default for ``nn.Linear``), "he" (Kaiming normal, fan-in, ReLU
+    gain) or "glorot" (Xavier normal); biases start at 0 under the latter two.
+    ``parametrisation``: "standard", or "mup", the maximal-update parametrisation for SGD
+    (Yang & Hu 2021; Yang et al. 2022, Table 3) relative to ``base_width``: the output weights
+    start √(base_width / width) times smaller, and :meth:`lr_multipliers` scales the learning
+    rate of the input layer and of every bias by width / base_width and of the output weights by
+    base_width / width (hidden weights 1). At ``width == base_width`` both parametrisations
+    coincide.
+    """
+
+    def __init__(self, width: int = 64, *, depth: int = 2, in_features: int = 64, num_classes: int = 10,
+                 init: str = "torch", parametrisation: str = "standard", base_width: int | None = None):
         super().__init__()
+        if init not in MLP_INITS:
+            raise ValueError(f"init={init!r}; valid: {', '.join(MLP_INITS)}")
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"parametrisation={parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+        if parametrisation == "mup" and not base_width:
+            raise ValueError("parametrisation='mup' needs base_width (the width at which it equals 'standard')")
         dims = [in_features] + [width] * depth
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(nn.Flatten(), *layers, nn.Linear(dims[-1], num_classes))
+        self.linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        if init != "torch":
+            with torch.no_grad():
+                for m in self.linears:
+                    if init == "he":
+                        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    else:
+                        nn.init.xavier_normal_(m.weight)
+                    m.bias.zero_()
+        self.width, self.parametrisation, self.base_width = width, parametrisation, base_width
+        if parametrisation == "mup":
+            with torch.no_grad():
+                self.linears[-1].weight.mul_((base_width / width) ** 0.5)
+
+    def lr_multipliers(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning-rate multiplier) groups covering every parameter; all 1 under
+        the standard parametrisation."""
+        if self.parametrisation == "standard":
+            return [(list(self.parameters()), 1.0)]
+        r = self.width / self.base_width
+        first, *hidden, last = self.linears
+        return [([first.weight, first.bias, *(m.bias for m in hidden)], r), ([m.weight for m in hidden], 1.0),
+                ([last.weight], 1 / r), ([last.bias], 1.0)]
 
     def forward(self, x):
         return self.net(x)

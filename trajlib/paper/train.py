@@ -95,6 +95,20 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _lr_groups(model: nn.Module, params: list[nn.Parameter]):
+    """``params`` as optimizer groups with an ``lr_mult`` each when the model asks for per-parameter
+    rates (``model.lr_multipliers()``, e.g. the MLP's μP); otherwise the plain list."""
+    groups = getattr(model, "lr_multipliers", None)
+    groups = groups() if groups is not None else [(params, 1.0)]
+    if all(mult == 1.0 for _, mult in groups):
+        return params
+    keep = {id(p) for p in params}
+    out = [{"params": [p for p in ps if id(p) in keep], "lr_mult": mult} for ps, mult in groups]
+    if sum(len(g["params"]) for g in out) != len(params):
+        raise ValueError(f"{type(model).__name__}.lr_multipliers() does not cover each trainable parameter once")
+    return [g for g in out if g["params"]]
+
+
 def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int, batch_size: int = 64,
                      lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                      optimizer: str = "sgd", schedule: str = "cosine", warmup_epochs: float = 0.0, record_every: int | None = None,
@@ -119,7 +133,7 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     spe = _steps_per_epoch(data, batch_size)
     total = epochs * spe
     every = record_every or spe
-    params = trainable(model)
+    params = _lr_groups(model, trainable(model))
     if optimizer == "sgd":
         make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay)  # noqa: E731
     elif optimizer == "adamw":
@@ -147,7 +161,8 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
             losses = []
             for x, y in _batches(data, batch_size, gen, train=True, num_workers=num_workers):
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, lr=lr, schedule=schedule, warmup=int(warmup_epochs * spe))
+                    group["lr"] = group.get("lr_mult", 1.0) * lr_at(step, total, lr=lr, schedule=schedule,
+                                                                     warmup=int(warmup_epochs * spe))
                 loss = F.cross_entropy(model(x.to(device)), y.to(device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{run_dir}: loss is {loss.item()} at step {step} (epoch {epoch}); "
