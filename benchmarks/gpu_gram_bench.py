@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from trajlib import hallmarks as H
-from trajlib import triton_gram
-from trajlib.gram import _block_gram
+from trajlib.gram import triton_kernel as triton_gram
+from trajlib.gram.engine import _block_gram
 
 
 def timed(fn, reps: int = 5) -> float:

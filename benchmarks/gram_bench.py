@@ -1,4 +1,4 @@
-"""Time trajlib.gram against the baselines of DESIGN §7 on one run, and print ratios.
+"""Time trajlib.gram against its baselines (the naive pairwise loop, sklearn, the fp64 bound) on one run, and print ratios.
 
     python benchmarks/gram_bench.py [--T 64] [--P 4194304] [--run DIR] [--sweep 256 1024] [--save F]
 
@@ -243,9 +243,9 @@ def product_seconds(product: str, T: int, total_bytes: int, workers: int = 2) ->
 
     import torch
 
-    from trajlib import blas
-    from trajlib.gram import COMPUTE_BYTES, _multiply
-    from trajlib.threads import single_threaded
+    from trajlib.gram import blas
+    from trajlib.gram.engine import COMPUTE_BYTES, _multiply
+    from trajlib.gram.threads import single_threaded
 
     sub = max(256, COMPUTE_BYTES // (8 * T))
     Gs = [torch.zeros(T, T, dtype=torch.float64) for _ in range(workers)]
@@ -279,7 +279,7 @@ def products(Ts: list[int], peak_gflops: float, total_bytes: int = 256 << 20, re
     """Best-of-``repeat`` seconds of each product at each T, and the fraction of the fp64 peak
     bound over the T(T+1)·columns flops of a lower triangle (the square's extra half counts
     against it)."""
-    from trajlib import blas
+    from trajlib.gram import blas
 
     rows = []
     for T in Ts:

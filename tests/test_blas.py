@@ -1,10 +1,10 @@
-"""trajlib.blas: numpy's OpenBLAS ``dsyrk`` called directly (64-bit integer builds included)."""
+"""trajlib.gram.blas: numpy's OpenBLAS ``dsyrk`` called directly (64-bit integer builds included)."""
 
 import numpy as np
 import pytest
 import torch
 
-from trajlib import blas
+from trajlib.gram import blas
 
 pytestmark = pytest.mark.skipif(not blas.has_syrk(), reason="numpy's BLAS is not an OpenBLAS with CBLAS")
 

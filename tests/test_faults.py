@@ -389,7 +389,7 @@ def test_a_corrupt_gram_cache_is_reported_and_recomputed(walk_run, caplog):
 def test_the_gram_cache_does_not_grow_without_bound(walk_run):
     import importlib
 
-    engine = importlib.import_module("trajlib.gram")
+    engine = importlib.import_module("trajlib.gram.engine")
     run, _ = walk_run
     traj = trajlib.open_trajectory(run)
     names = traj.parameters

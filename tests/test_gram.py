@@ -136,7 +136,7 @@ def test_lower_triangle_product_is_symmetric_and_exact(tmp_path, rng):
 
 
 def test_worker_count_does_not_change_the_answer(walk_run):
-    from trajlib.gram import _accumulate_cpu
+    from trajlib.gram.engine import _accumulate_cpu
     from trajlib.groups import plan_blocks, resolve_groups
 
     traj = trajlib.open_trajectory(walk_run[0])
@@ -253,7 +253,7 @@ def test_a_pass_leaves_other_threads_torch_settings_alone(walk_run, monkeypatch)
     worker would hand it 1 for good), and the caller's count is unchanged afterwards."""
     import threading
 
-    engine = sys.modules["trajlib.gram"]
+    engine = sys.modules["trajlib.gram.engine"]
 
     torch.set_num_threads(2)
     seen = []
@@ -276,7 +276,7 @@ def test_a_pass_leaves_other_threads_torch_settings_alone(walk_run, monkeypatch)
 def test_every_cpu_product_matches_the_oracle(tmp_path, monkeypatch, product):
     """The lower-triangle products (row tiles with a ragged last tile, numpy's dsyrk) and the
     full square give the same Gram; T = 150 spans three row tiles of 64."""
-    engine = sys.modules["trajlib.gram"]
+    engine = sys.modules["trajlib.gram.engine"]
     if product == "syrk" and not engine.has_syrk():
         pytest.skip("numpy's BLAS is not an OpenBLAS with CBLAS this process can hold at one thread")
     monkeypatch.setattr(engine, "_product", lambda T, workers=2: product)
@@ -290,7 +290,7 @@ def test_every_cpu_product_matches_the_oracle(tmp_path, monkeypatch, product):
 
 
 def test_numpy_blas_is_restored_after_a_pass(walk_run):
-    from trajlib import blas
+    from trajlib.gram import blas
 
     api = blas.numpy_openblas()
     if api is None:

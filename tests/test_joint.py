@@ -10,7 +10,8 @@ from conftest import SHAPES, stacked, write_run
 
 import trajlib
 from trajlib import hallmarks as H
-from trajlib.joint import (cross_map, joint_map, matched_distances, run_stats, stacked_rows, where_runs_part)
+from trajlib.gram.rows import stacked_rows
+from trajlib.joint import cross_map, joint_map, matched_distances, run_stats, where_runs_part
 from trajlib.manifest import TrajectoryError
 from trajlib.sketch import SketchedTrajectory
 

@@ -94,7 +94,7 @@ def test_kernel_compiles_to_tensor_core_code_without_a_gpu(arch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from trajlib import triton_gram
+    from trajlib.gram import triton_kernel as triton_gram
 
     sig = {"x_ptr": "*fp32", "g_ptr": "*fp64", "T": "i32", "n": "i32", "stride_x": "i32",
            "BT": "constexpr", "BK": "constexpr", "CH": "constexpr", "PRECISION": "constexpr"}

@@ -9,7 +9,7 @@ u_t = θ_{t+1} − θ_t (``trajlib.stats``). Writing b_s = ⟨θ_0, u_s⟩ and U
 * ⟨u_t, θ_t⟩ = b_t + Σ_{s<t} U_ts.
 
 Only sums of Gram entries appear: no update quantity is a difference of large Gram entries
-(DESIGN §4). Names are the API and the column names of the tables.
+(:mod:`trajlib.gram.rows`). Names are the API and the column names of the tables.
 """
 
 from __future__ import annotations

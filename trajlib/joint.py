@@ -1,11 +1,10 @@
 """Several runs of one architecture in one Gram pass, and what compares them.
 
-The rows every Gram in trajlib is of: for one run, ``[θ_0; u_0; …; u_{T−2}]`` with
-``u_t = θ_{t+1} − θ_t``. Several runs stack their rows, each run starting again from its own θ_0 at
-its offset: ``[θ_a(0); u_a…; θ_b(0); u_b…]``. So the joint Gram (ΣT × ΣT, exact float64, the same
-block reads and groups as one run) holds each run's own Gram as a diagonal block
-and the cross-run products off the diagonal. Checkpoint products follow by additions: with ``L``
-block-lower-triangular ones, the checkpoints are ``X = L R`` and ``X Xᵀ = L G Lᵀ``.
+Several runs stack their rows (:mod:`trajlib.gram.rows`), each run starting again from its own
+θ_0 at its offset: ``[θ_a(0); u_a…; θ_b(0); u_b…]``. So the joint Gram (ΣT × ΣT, exact float64,
+the same block reads and groups as one run) holds each run's own Gram as a diagonal block and
+the cross-run products off the diagonal; checkpoint products are ``L G Lᵀ``
+(:func:`~trajlib.gram.rows.checkpoint_basis`).
 
 Distances at matched steps are formed from the rows, not from ‖θ‖²: for runs whose θ_0 are
 byte-identical (equal content sha256) ``θ_a(t) − θ_b(t) = Σ_{s<t} (u_a,s − u_b,s)``, whose
@@ -19,33 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .gram.rows import checkpoint_basis, run_starts
 from .manifest import TrajectoryError
 from .stats import GramStats
 from .store import Trajectory
-
-
-def run_starts(lengths: Sequence[int]) -> list[int]:
-    """Row offsets of each run's θ_0 in the stacked rows."""
-    return [int(x) for x in np.concatenate([[0], np.cumsum(lengths)[:-1]])] if len(lengths) else []
-
-
-def stacked_rows(X: np.ndarray, starts: Sequence[int] = (0,)) -> np.ndarray:
-    """The rows (T, m) float64 of checkpoints ``X`` (T, m): differences of consecutive ones, the
-    checkpoint itself at each run's start. The numpy twin of the engine's row forming."""
-    X = np.asarray(X, dtype=np.float64)
-    R = np.empty_like(X)
-    R[1:] = X[1:] - X[:-1]
-    R[list(starts)] = X[list(starts)]
-    return R
-
-
-def checkpoint_basis(T: int, starts: Sequence[int]) -> np.ndarray:
-    """``L`` (T, T): checkpoint t is the sum of rows from its run's start to t (X = L R)."""
-    L = np.zeros((T, T))
-    bounds = list(starts) + [T]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        L[a:b, a:b] = np.tril(np.ones((b - a, b - a)))
-    return L
 
 
 class JointTrajectory(Trajectory):

@@ -1,7 +1,7 @@
 """The run manifest: schema, atomic writes, and the error type every reader raises.
 
-A run directory holds ``manifest.json`` and one ``ckpt-<step>.safetensors`` per checkpoint
-(DESIGN §5). The manifest is the single source of truth for tensor order, shapes, dtypes,
+A run directory holds ``manifest.json`` and one ``ckpt-<step>.safetensors`` per checkpoint.
+The manifest is the single source of truth for tensor order, shapes, dtypes,
 parameter groups, checkpoint steps (stored as integers, never parsed from names) and run metadata.
 Every write goes through :func:`atomic_write` (:func:`atomic_file` for a file written in pieces):
 temp file, fsync, rename, fsync of the directory, so a crash leaves either the old or the new

@@ -8,7 +8,7 @@ A G Aᵀ. Two conventions:
 * ``centered=True``: principal components of the checkpoints θ_0..θ_{T-1} after removing their
   mean, i.e. of c_t = d_t − mean_s d_s with d_t = θ_t − θ_0 = Σ_{s<t} u_s. Centring removes θ_0,
   so A has no θ_0 column and the centred Gram is formed from the update Gram U alone; ‖θ_0‖²,
-  which dwarfs late updates, never enters (no cancellation, DESIGN §4). This is the convention
+  which dwarfs late updates, never enters (no cancellation). This is the convention
   of tomgoldstein/loss-landscape (Li et al. 2018): its ``setup_PCA_directions`` stacks
   θ_t − θ_final for every saved model and fits scikit-learn's ``PCA``, which centres the rows, so
   θ_final cancels; its plotted path is the projection of θ_t − θ_final on those directions
@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from .formats import ST_DTYPES, SafetensorsFile, safetensors_prefix, torch_dtype
-from .gram import _cache_path, _device, _fill
+from .gram.engine import _cache_path, _device, _fill
 from .groups import Block, plan_blocks, resolve_groups
 from .manifest import TrajectoryError, atomic_file
 from .stats import GramStats

@@ -137,7 +137,7 @@ def sketch_gram(sk, *, groups=None) -> GramStats:
     R̃ = [Φθ_0; Φθ_1 − Φθ_0; ...] (T, k) in float64, the engine's basis [θ_0; u_0..].
     ``sk`` may be a list of sketched runs with one sketch (same k, seed, parameters): their joint
     Gram, each run's rows from its own θ_0 (:mod:`trajlib.joint`)."""
-    from .joint import stacked_rows
+    from .gram.rows import stacked_rows
 
     if isinstance(sk, (list, tuple)):
         return _joint_sketch_gram(list(sk), groups=groups)
@@ -159,7 +159,7 @@ def sketch_gram(sk, *, groups=None) -> GramStats:
 
 
 def _joint_sketch_gram(runs: list, *, groups=None) -> GramStats:
-    from .joint import run_starts, stacked_rows
+    from .gram.rows import run_starts, stacked_rows
 
     first = runs[0]
     same = ("kind", "k", "seed")

@@ -2,7 +2,7 @@
 
 For each parameter group it holds G (T, T), float64: the Gram of the rows
 ``[θ_0; u_0; u_1; ...; u_{T-2}]`` with u_t = θ_{t+1} − θ_t formed from each streamed slice
-before any product. Everything in DESIGN §4 follows from G by additions alone
+before any product (:mod:`trajlib.gram.rows`). Every hallmark follows from G by additions alone
 (``trajlib.hallmarks``): no update or displacement quantity is ever obtained by subtracting
 Gram entries. Re-plotting never re-reads checkpoints.
 """
@@ -58,12 +58,9 @@ class GramStats:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1 or len(idx) < 1 or np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= self.T:
             raise ValueError(f"indices must be increasing within 0..{self.T - 1}, got {indices!r}")
-        # rows of the new basis as combinations of the old rows: θ_0' = θ_0 + Σ_{s<i0} u_s, ...
-        M = np.zeros((len(idx), self.T))
-        M[0, 0] = 1.0
-        M[0, 1: idx[0] + 1] = 1.0
-        for k in range(1, len(idx)):
-            M[k, idx[k - 1] + 1: idx[k] + 1] = 1.0
+        from .gram.rows import selection_basis
+
+        M = selection_basis(self.T, idx)
         grams = {g: M @ G @ M.T for g, G in self.grams.items()}
         return GramStats(self.steps[idx], self.epochs[idx], grams, dict(self.n_params),
                          [self.labels[i] for i in idx] if self.labels else [], dict(self.meta))

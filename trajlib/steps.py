@@ -8,7 +8,7 @@ of the step that produced θ_t it gives
 * ``step_norm`` ‖u_t‖, ``param_norm`` ‖θ_t‖,
 * ``consecutive_update_cos`` cos(u_t, u_{t-1}) (NaN at the first step after a (re)start),
 * ``update_param_cos`` cos(u_t, θ_{t-1}): the update against the parameters it leaves, as the
-  checkpoint-level hallmark of the same name (DESIGN §4, u_t = θ_{t+1} − θ_t there),
+  checkpoint-level hallmark of the same name (u_t = θ_{t+1} − θ_t there),
 * ``proj:<name>`` ⟨u_t, v⟩ and ``cos:<name>`` cos(u_t, v) for fixed user directions v.
 
 Exactness: θ_{t-1} is kept as a copy in the parameters' own dtype (exact) and u_{t-1} in

@@ -1,6 +1,6 @@
 """Live hallmarks while a run trains: an exact, incremental Gram and what to log from it.
 
-:class:`RunningGram` keeps G (T, T), float64, of the rows [θ_0; u_0..u_{T-2}] (DESIGN §4) as
+:class:`RunningGram` keeps G (T, T), float64, of the rows [θ_0; u_0..u_{T-2}] (:mod:`trajlib.gram.rows`) as
 checkpoints arrive: a new checkpoint θ_T adds one row and one column, the inner products of
 u_{T-1} = θ_T − θ_{T-1} (formed in float64 from the values, never by subtracting Gram entries)
 with θ_0 and every earlier update. It equals what :func:`trajlib.gram` computes from the files
@@ -9,7 +9,7 @@ afterwards (same rows, another summation order: agreement to ~1e-12 relative, te
 The cost is stated, not hidden: adding a checkpoint costs one (T, P) × (P,) float64 product, and
 the rows are held in host memory in float64 (T·P·8 bytes; ``max_bytes`` bounds it). Past that
 budget the live map stops growing (a warning says so) and the exact map comes from ``trajlib.gram``
-on the run directory; a sketched map for long runs is the sketch module's job (DESIGN §7).
+on the run directory; a sketched map for long runs is :mod:`trajlib.sketch`'s job.
 
 :class:`LiveHallmarks` turns the running Gram into what a logger shows: the MDS, relative MDS,
 angle from θ_0 and distance from θ_0 as scalars at every checkpoint, and every ``image_every``

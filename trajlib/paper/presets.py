@@ -1,4 +1,4 @@
-"""Presets: which parameters each notebook runs with (DESIGN §6).
+"""Presets: which parameters each notebook runs with (ci, laptop, paper).
 
 ``ci`` is each notebook's own ``parameters`` cell (cheap; used by the tests). ``laptop`` (the
 default of ``make book``) and ``paper`` are override files in ``notebooks/presets.yml``: plain

@@ -4,7 +4,7 @@ numpy's Linux wheels bundle an OpenBLAS with 64-bit integers and decorated symbo
 (``scipy_cblas_dsyrk64_`` in numpy 2, ``cblas_dsyrk64_`` in numpy 1.2x). The Gram engine calls
 its ``cblas_dsyrk`` with β = 1, so each column sub-block adds its lower triangle straight into
 G: half the flops of a square product, and no (T, T) scratch to fill, mirror and add per
-sub-block (what ``R @ R.T`` through numpy costs; measured 5-10 % of a T = 256 pass on 2 cores).
+sub-block (what ``R @ R.T`` through numpy costs; the methods page has the measurements).
 Found among the process's mapped libraries (Linux: the OpenBLAS mapped into the process, which
 is numpy's unless another library brought its own); any other BLAS, or another platform, gives
 None and the engine keeps its torch product. The integer width of the call is the one the build

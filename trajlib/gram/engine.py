@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .formats import ST_DTYPES, torch_dtype
-from .groups import BlockPlan, block_nbytes, plan_blocks, resolve_groups
-from .manifest import TrajectoryError
-from .stats import GramStats
+from ..formats import ST_DTYPES, torch_dtype
+from ..groups import BlockPlan, block_nbytes, plan_blocks, resolve_groups
+from ..manifest import TrajectoryError
+from ..stats import GramStats
 from .blas import has_syrk, numpy_blas_single_threaded, syrk_lower_add
+from .rows import form_rows
 from .threads import single_threaded
 
 log = logging.getLogger("trajlib.gram")
@@ -70,9 +71,9 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
     ≥ T·sub elements; columns are processed ``sub`` at a time so the buffers stay in cache.
     ``product`` (see :func:`_product`): "square" (the full T×T, any device), "tiles" (lower
     block triangle in row tiles, torch) or "syrk" (numpy's OpenBLAS ``dsyrk`` adding the lower
-    triangle into G, :func:`trajlib.blas.syrk_lower_add`). "tiles" and "syrk" fill only the
+    triangle into G, :func:`trajlib.gram.blas.syrk_lower_add`). "tiles" and "syrk" fill only the
     lower triangle of G: finish with :func:`_symmetrize`. ``starts``: rows where a run begins
-    again from its own θ_0 (several runs in one pass, :mod:`trajlib.joint`).
+    again from its own θ_0 (several runs in one pass, :mod:`trajlib.gram.rows`).
     """
     S = src.view(torch_dtype(dtype)).view(T, n)
     sub = n if sub is None else sub
@@ -81,10 +82,7 @@ def _block_gram(src: torch.Tensor, dtype: str, T: int, n: int, theta_buf, r_buf,
         theta = theta_buf[: T * m].view(T, m)
         R = r_buf[: T * m].view(T, m)
         theta.copy_(S[:, c: c + m])
-        torch.sub(theta[1:], theta[:-1], out=R[1:])
-        for s in starts:
-            R[s].copy_(theta[s])
-        _multiply(R, G, product)
+        _multiply(form_rows(theta, R, starts), G, product)
 
 
 def _multiply(R: torch.Tensor, G: torch.Tensor, product: str) -> None:
@@ -104,14 +102,10 @@ ROW_TILE = 64  # rows of one tile of the lower-triangle product ("tiles")
 
 
 def _product(T: int, workers: int = 2) -> str:
-    """The lower-triangle product for T rows on the CPU. Measured on 2 cores (AVX-512, MKL 2024
-    in torch, OpenBLAS 0.3.31 in numpy), whole passes over 1 GiB runs, best of six: OpenBLAS's
-    ``dsyrk`` adding into G beat numpy's ``R @ R.T`` (the same dsyrk into a scratch, then mirrored
-    and added) by 0-3 % at T = 64, 5-10 % at T = 256, and torch row tiles of 64 by 3 % at
-    T = 1024; alone on one core it reaches 0.77 (T = 64) and 0.97 (T = 256) of the fp64 peak over
-    the T(T+1)·m flops of a triangle. It needs numpy's BLAS held at one thread per call (two
-    workers calling a 2-thread OpenBLAS measured 3-10× slower); without that, torch row tiles.
-    A lone worker (a one-block plan) keeps torch's threads for its tiles unless torch has one."""
+    """The lower-triangle product for T rows on the CPU: OpenBLAS's ``dsyrk`` adding into G
+    whenever numpy's BLAS can be held at one thread per worker (the methods page compares it with
+    numpy's ``R @ R.T`` and torch row tiles at every T); without that, torch row tiles. A lone
+    worker (a one-block plan) keeps torch's threads for its tiles unless torch has one."""
     if has_syrk() and (workers > 1 or torch.get_num_threads() == 1):
         return "syrk"
     return "tiles" if T > ROW_TILE else "square"
@@ -174,7 +168,7 @@ def _rank_world(distributed: bool | None) -> tuple[int, int]:
 
 
 def _use_triton(kernel: str, device: torch.device) -> bool:
-    from . import triton_gram
+    from . import triton_kernel as triton_gram
 
     if kernel not in ("auto", "torch", "triton"):
         raise ValueError(f"kernel={kernel!r}: expected 'auto', 'torch' or 'triton'")
@@ -255,12 +249,12 @@ def _accumulate_cpu(traj, plan: BlockPlan, order: list[int], bar, workers: int |
 def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, triton: bool = False) -> torch.Tensor:
     """Pinned staging buffers filled by a reader thread; host-to-device copies on a side
     stream overlap the products of the previous block. ``triton``: the fused kernel of
-    :mod:`trajlib.triton_gram` instead of convert + difference + ``addmm``."""
+    :mod:`trajlib.gram.triton_kernel` instead of convert + difference + ``addmm``."""
     T, S = traj.T, len(plan.members)
     Gs = torch.zeros(S, T, T, dtype=torch.float64, device=device)
     if not order:
         return Gs
-    from . import triton_gram
+    from . import triton_kernel as triton_gram
 
     reader = _Reader(traj, plan, order, pin=True)
     cap = T * plan.max_cols
@@ -301,7 +295,7 @@ def _accumulate_cuda(traj, plan: BlockPlan, order: list[int], device, bar, trito
 
 def _accumulate_interpreted(traj, plan: BlockPlan, order: list[int], bar) -> torch.Tensor:
     """The fused kernel under ``TRITON_INTERPRET=1`` on the CPU: same blocks, same kernel code."""
-    from . import triton_gram
+    from . import triton_kernel as triton_gram
 
     T, S = traj.T, len(plan.members)
     Gs = torch.zeros(S, T, T, dtype=torch.float64)
@@ -353,12 +347,12 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
     ``distributed``: None uses torch.distributed when it is initialised. ``kernel``: "auto"
     (the fused Triton kernel on a capable GPU, else torch), "torch" or "triton".
     """
-    from .sketch import SketchedTrajectory, sketch_gram
+    from ..sketch import SketchedTrajectory, sketch_gram
 
     if isinstance(traj, (list, tuple)) and traj and all(isinstance(t, SketchedTrajectory) for t in traj):
         return sketch_gram(list(traj), groups=groups)
     if isinstance(traj, (list, tuple)):
-        from .joint import JointTrajectory
+        from ..joint import JointTrajectory
 
         traj = JointTrajectory(traj)
     if isinstance(traj, SketchedTrajectory):  # approximate: the sketches' own Gram, same basis

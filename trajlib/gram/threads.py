@@ -4,10 +4,10 @@ The Gram engine's CPU workers each want single-threaded BLAS. ``torch.set_num_th
 do it, but it also stores a process-wide default that every thread starting its first torch
 operation meanwhile adopts for good. Where torch ships GNU OpenMP (the standard Linux build, whose MKL uses the GNU
 OpenMP threading layer), :func:`single_threaded` sets only the calling thread's OpenMP team size
-(an OpenMP per-thread setting, which both torch's intra-op pool and MKL's GEMM follow; measured:
-a 1,500² float64 product takes 2× longer in that thread, others keep both cores); elsewhere it
+(an OpenMP per-thread setting, which both torch's intra-op pool and MKL's GEMM follow: that
+thread runs its products on one core, others keep all of them); elsewhere it
 falls back to ``torch.set_num_threads`` and restores it. numpy's OpenBLAS, whose thread count
-is process-wide, is held at one thread by :func:`trajlib.blas.numpy_blas_single_threaded`.
+is process-wide, is held at one thread by :func:`trajlib.gram.blas.numpy_blas_single_threaded`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("trajlib.threads")
+log = logging.getLogger("trajlib.gram.threads")
 
 
 @functools.lru_cache(maxsize=1)

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-log = logging.getLogger("trajlib.triton_gram")
+log = logging.getLogger("trajlib.gram.triton_kernel")
 
 BLOCK_T = 32   # rows per tile
 BLOCK_K = 64   # columns per tl.dot
