@@ -128,13 +128,15 @@ def file_work(folder, nbytes, period, batch, stop=None):
     if batch:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     data, i = os.urandom(nbytes), 0
-    while not (stop.is_set() if stop else select.select([sys.stdin], [], [], 0)[0]):  # a line or EOF: stop
+    while True:  # at least one file, however late this worker got the CPU
         hashlib.sha256(data).hexdigest()
         fd = os.open(f"{folder}/.{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, data)
         os.close(fd)
         os.replace(f"{folder}/.{i}.tmp", f"{folder}/{i}")
         i += 1
+        if stop.is_set() if stop else select.select([sys.stdin], [], [], 0)[0]:  # a line or EOF: stop
+            break
         time.sleep(period)
 """
 
