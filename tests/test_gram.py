@@ -63,7 +63,7 @@ def test_oscillating_updates_have_negative_consecutive_cosines(tmp_path):
 
 def test_tiny_steps_stay_exact_where_gram_subtraction_fails(tmp_path):
     """‖u‖/‖θ‖ = 1e-5: the engine meets the 1e-6 bar; deriving updates from a float32 Gram of
-    raw checkpoints (the DESIGN §4 pitfall) does not, so this test can tell them apart."""
+    raw checkpoints (the cancellation pitfall) does not, so this test can tell them apart."""
     rng = np.random.default_rng(3)
     P = 20000
     theta = rng.standard_normal(P)

@@ -539,12 +539,15 @@ def test_12_rows_recompute_from_the_runs_table_and_the_redundancy_runs(ci_book):
     runs_dir = root / "book" / "figures" / "runs"
     assert sorted(table["run"]) == sorted(r.name for r in collect_runs(runs_dir, pages=p["pages"]))
     assert set(table["page"]) == set(p["pages"])  # every page named contributed runs
-    assert ((table["clean_accuracy"] - table["final_accuracy"]).abs() < 0.05).all()  # BatchNorm re-estimated
+    # BatchNorm re-estimated on the whole training split: measured at most 0.6 points from the
+    # logged accuracy over the ci and laptop runs (one test image is 0.22 points)
+    assert ((table["clean_accuracy"] - table["final_accuracy"]).abs() < 0.05).all()
     learners = table[table["final_accuracy"] >= p["learned"]]
-    all_, learned, shifted, gain, bn, cost, drop = doc["claims"]
+    all_, learned, shifted, robust, gain, bn, cost, drop = doc["claims"]
     for row, (x, y) in ((all_, (table["mds"], table["final_accuracy"])),
                         (learned, (learners["mds"], learners["final_accuracy"])),
-                        (shifted, (learners["mds"], learners["shifted_accuracy"]))):
+                        (shifted, (learners["mds"], learners["shifted_accuracy"])),
+                        (robust, (learners["mds"], learners["clean_accuracy"] - learners["shifted_accuracy"]))):
         r = rank_correlation(x, y, n_boot=p["n_boot"])
         assert (row["effect"]["mean"], row["effect"]["low"], row["effect"]["high"], row["effect"]["n"]) == \
             pytest.approx((r["rho"], r["low"], r["high"], r["n"]), abs=1e-12)
@@ -556,7 +559,7 @@ def test_12_rows_recompute_from_the_runs_table_and_the_redundancy_runs(ci_book):
     _recomputes(gain, 100 * (acc[k] - switch["full"]))
     _recomputes(bn, 100 * (acc[k] - acc["BatchNorm only"]))
     _recomputes(cost, 100 * (acc["full"] - acc[k]))
-    assert {r["kind"] for r in doc["claims"][:6]} == {"extension"} and drop["kind"] == "property"
+    assert {r["kind"] for r in doc["claims"][:7]} == {"extension"} and drop["kind"] == "property"
     assert headline([doc])["claims"] == 0
 
 

@@ -81,7 +81,7 @@ def test_streamed_directions_match_the_dense_svd(walk, dtype, tol):
 
 def test_centring_from_updates_survives_where_the_checkpoint_gram_cancels(tmp_path):
     """Late training: steps of 1e-6 of ‖θ‖. The Gram-based PCA agrees with a dense float64 PCA;
-    centring the checkpoint Gram K instead (the subtraction DESIGN §4 forbids) loses digits, so
+    centring the checkpoint Gram K instead (a subtraction of large Gram entries) loses digits, so
     the comparison can tell them apart."""
     rng = np.random.default_rng(5)
     P, T = 20000, 10

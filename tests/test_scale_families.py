@@ -77,3 +77,16 @@ def test_travel_is_the_dense_relative_distance_and_width_rise_pairs_by_seed(tmp_
     table = pd.DataFrame({"family": ["a"] * 4 + ["b"] * 2, "width": [8, 64, 8, 64, 8, 64], "seed": [0, 0, 1, 1, 0, 0],
                           "mds": [0.5, 0.7, 0.6, 0.5, 0.1, 0.9]})
     assert width_rise(table, "a").tolist() == pytest.approx([0.2, -0.1])
+
+
+def test_mup_groups_keep_the_base_shrink_per_step_and_refuse_adamw():
+    from trajlib.paper.train import _lr_groups, trainable
+
+    model = MLP(32, parametrisation="mup", base_width=8)
+    groups = _lr_groups(model, trainable(model), weight_decay=1e-3, optimizer="sgd")
+    assert [(g["lr_mult"], g["weight_decay"]) for g in groups] == [(4.0, 2.5e-4), (1.0, 1e-3), (0.25, 4e-3), (1.0, 1e-3)]
+    assert all(g["lr_mult"] * g["weight_decay"] == pytest.approx(1e-3) for g in groups)
+    with pytest.raises(ValueError, match="optimizer='adamw' would apply them unchanged"):
+        _lr_groups(model, trainable(model), weight_decay=1e-3, optimizer="adamw")
+    standard = MLP(32)
+    assert _lr_groups(standard, trainable(standard), weight_decay=1e-3, optimizer="adamw") == trainable(standard)

@@ -29,13 +29,17 @@ class FileMeta:
     sha256: str | None = None
 
 
+class MissingExtra(ImportError):
+    """An optional extra of trajlib is not installed; the message says how to install it."""
+
+
 def hf_api(endpoint: str | None = None):
     """A ``huggingface_hub.HfApi`` for ``endpoint`` (default ``HF_ENDPOINT`` / huggingface.co);
-    without the ``hub`` extra, an ImportError that says how to install it."""
+    without the ``hub`` extra, :class:`MissingExtra` saying how to install it."""
     try:
         from huggingface_hub import HfApi
     except ImportError:
-        raise ImportError("reading hub suites needs huggingface_hub: pip install 'trajlib[hub]'") from None
+        raise MissingExtra("reading hub suites needs huggingface_hub: pip install 'trajlib[hub]'") from None
     return HfApi(endpoint=endpoint)
 
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from .audit import MissingExtra
 from .manifest import TrajectoryError
 
 EXIT_FINDINGS, EXIT_USAGE, EXIT_INVALID, EXIT_MISSING = 1, 2, 3, 4
@@ -126,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)
         return EXIT_MISSING
-    except ImportError as exc:  # an optional extra (the hub's client) is not installed
+    except MissingExtra as exc:  # an optional extra (the hub's client) is not installed
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # the hub or the network refused (unknown repository, HTTP errors)
-        print(f"trajlib {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if not type(exc).__module__.startswith(("huggingface_hub", "httpx", "requests")) or args.verbose:
+            raise  # a local error (disk, permissions) keeps its traceback
+        print(f"trajlib {args.command}: the hub refused: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_MISSING
     except ValueError as exc:
         print(f"trajlib {args.command}: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .gram.rows import checkpoint_basis, run_starts
+from .gram.rows import checkpoint_basis, run_starts, stacked_rows  # noqa: F401  (also trajlib.joint's, as before)
 from .manifest import TrajectoryError
 from .stats import GramStats
 from .store import Trajectory

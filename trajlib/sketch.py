@@ -136,7 +136,7 @@ def sketch_gram(sk, *, groups=None) -> GramStats:
     """Approximate GramStats of a sketched trajectory: per group G̃ = R̃ R̃ᵀ with
     R̃ = [Φθ_0; Φθ_1 − Φθ_0; ...] (T, k) in float64, the engine's basis [θ_0; u_0..].
     ``sk`` may be a list of sketched runs with one sketch (same k, seed, parameters): their joint
-    Gram, each run's rows from its own θ_0 (:mod:`trajlib.joint`)."""
+    Gram, each run's rows from its own θ_0 (:mod:`trajlib.gram.rows`)."""
     from .gram.rows import stacked_rows
 
     if isinstance(sk, (list, tuple)):

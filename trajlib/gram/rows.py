@@ -5,8 +5,8 @@ u_t = θ_{t+1} − θ_t formed in float64 from each slice before any product; G 
 of one architecture stack their rows, each run again from its own θ_0: the row at each run's
 start (:func:`run_starts`) is that run's θ_0, every other row the difference of consecutive
 checkpoints of its run. Every Gram path forms these rows: the streamed engine on CPU and CUDA
-(:func:`form_rows`), the fused Triton kernel (on chip, the same differences), the live Gram of
-the integrations, sketched Grams and tests (:func:`stacked_rows`). Every quantity then follows
+(:func:`form_rows`), the fused Triton kernel (on chip, the same differences; one run only), the
+live Gram of the integrations, sketched Grams and tests (:func:`stacked_rows`). Every quantity then follows
 from G by additions: checkpoints are sums of rows (:func:`checkpoint_basis`), and so are the
 rows of a sub-trajectory (:func:`selection_basis`).
 """

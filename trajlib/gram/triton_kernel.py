@@ -2,8 +2,8 @@
 chip, tensor-core products at float32-class accuracy, float64 accumulation across tiles.
 
 For a block X (T, n) of T checkpoints (float32, float16 or bfloat16 on the device) it adds
-R Rᵀ to G (T, T, float64) where R = [θ_0; θ_1 − θ_0; ...; θ_{T-1} − θ_{T-2}], exactly the
-product of ``trajlib.gram``'s torch path:
+R Rᵀ to G (T, T, float64) where R = [θ_0; θ_1 − θ_0; ...; θ_{T-1} − θ_{T-2}], the rows of one
+run that ``trajlib.gram``'s torch path forms (:mod:`trajlib.gram.rows`):
 
 * each program owns one (row tile i, row tile j ≤ i, column chunk) triple; it loads the two
   row tiles and the rows just above them (the previous checkpoint; served from L2), forms the

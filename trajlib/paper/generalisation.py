@@ -50,7 +50,9 @@ def rotated(data: TensorData, degrees: float) -> TensorData:
 def collect_runs(runs_dir, *, pages) -> list[Path]:
     """Finished classification runs on digits in ``runs_dir`` whose name starts with one of
     ``pages`` (notebook names or their number prefixes), sorted by name. Raises naming the
-    pages that have none (they have not run here: page 12 reads, never trains, their runs)."""
+    pages that have none (they have not run here: page 12 reads, never trains, their runs).
+    Every finished run in the folder counts, older configurations of a page included: a folder
+    shared by builds at several settings gives a mixed table (its ``run`` column names them)."""
     prefixes = tuple(f"{p.split('-')[0]}-" for p in pages)
     out = []
     for config_path in sorted(Path(runs_dir).glob("*/config.json")):
@@ -76,7 +78,9 @@ def final_model(run_dir, data: TensorData | None = None) -> tuple[torch.nn.Modul
     model = build_model(config["model"], seed=config["seed"], dataset=config["dataset"], **config["model_kwargs"])
     traj = open_trajectory(run_dir)
     try:
-        last = traj.checkpoints[-1]
+        final = int(pd.read_csv(run_dir / "history.csv")["step"].iloc[-1])
+        if int(traj.steps[-1]) != final:
+            raise TrajectoryError(f"{run_dir}: last checkpoint is step {traj.steps[-1]}, training ended at {final}")
         named = dict(model.named_parameters())
         missing = [n for n in named if n not in traj.names]
         if missing:
@@ -93,9 +97,10 @@ def final_model(run_dir, data: TensorData | None = None) -> tuple[torch.nn.Modul
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, data: TensorData, *, batch_size: int = 512) -> torch.nn.Module:
+def recalibrate_batchnorm(model: torch.nn.Module, data: TensorData, *, batch_size: int | None = None) -> torch.nn.Module:
     """Re-estimate every BatchNorm layer's running mean and variance on the training split (one
-    pass in training mode, cumulative average); a model without BatchNorm is left as it is."""
+    pass in training mode, cumulative average; by default one batch of the whole split, so the
+    statistics are the split's own); a model without BatchNorm is left as it is."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return model
@@ -104,6 +109,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: TensorData, *, batch_siz
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the mean over the pass's batches
     model.train()
+    batch_size = batch_size or len(data.y_train)
     for i in range(0, len(data.y_train), batch_size):
         model(data.x_train[i: i + batch_size])
     for m, momentum in zip(norms, saved):
@@ -149,8 +155,9 @@ def generalisation_table(run_dirs, *, degrees: float) -> pd.DataFrame:
 def rank_correlation(x, y, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Spearman's ρ between ``x`` and ``y`` (pairs with a NaN dropped) and its percentile
     bootstrap interval over pairs (``n_boot`` resamples under ``seed``; resamples with a constant
-    column skipped), every ρ rounded to 12 decimals. Returns {rho, low, high, n}; fewer than 4
-    pairs: NaN bounds."""
+    column skipped), every ρ rounded to 12 decimals; an interval that misses the estimate is
+    widened to hold it. Returns {rho, low, high, n}; fewer than 4 pairs (or no usable resample):
+    NaN bounds."""
     from scipy.stats import rankdata
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -171,5 +178,8 @@ def rank_correlation(x, y, *, n_boot: int = 2000, seed: int = 0, level: float = 
     rng = np.random.default_rng(seed)
     boots = np.array([rho(x[i], y[i]) for i in rng.integers(0, n, size=(n_boot, n))])
     boots = boots[np.isfinite(boots)]
+    if len(boots) == 0:
+        return {"rho": estimate, "low": math.nan, "high": math.nan, "n": n}
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return {"rho": estimate, "low": float(low), "high": float(high), "n": n}
+    # a percentile interval can miss the estimate (small, tied samples): widened to hold it
+    return {"rho": estimate, "low": float(min(low, estimate)), "high": float(max(high, estimate)), "n": n}

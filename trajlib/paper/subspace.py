@@ -56,9 +56,10 @@ class SubspaceStep:
         if missing:
             raise ValueError(f"the subspace basis lacks parameters {missing[:3]} (of {len(missing)})")
         k = next(iter(basis.values())).shape[0]
-        self.V = torch.cat([basis[n].reshape(k, -1).double() for n, _ in self.params], dim=1)  # (k, P)
+        device = self.params[0][1].device
+        self.V = torch.cat([basis[n].reshape(k, -1).double() for n, _ in self.params], dim=1).to(device)  # (k, P)
         self.theta_k = self._flat(p.detach() for _, p in self.params)
-        self.c = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+        self.c = torch.zeros(k, dtype=torch.float64, device=device, requires_grad=True)
         self.weight_decay = weight_decay
         self.optimizer = torch.optim.SGD([self.c], lr=lr, momentum=momentum)
 

@@ -95,15 +95,21 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _lr_groups(model: nn.Module, params: list[nn.Parameter]):
+def _lr_groups(model: nn.Module, params: list[nn.Parameter], *, weight_decay: float, optimizer: str):
     """``params`` as optimizer groups with an ``lr_mult`` each when the model asks for per-parameter
-    rates (``model.lr_multipliers()``, e.g. the MLP's μP); otherwise the plain list."""
+    rates (``model.lr_multipliers()``, e.g. the MLP's μP for SGD); otherwise the plain list. A
+    group's coupled weight decay is divided by its multiplier, so lr × decay, the shrink per step,
+    stays the base one (as the ``mup`` package's MuSGD does)."""
     groups = getattr(model, "lr_multipliers", None)
     groups = groups() if groups is not None else [(params, 1.0)]
     if all(mult == 1.0 for _, mult in groups):
         return params
+    if optimizer != "sgd":
+        raise ValueError(f"{type(model).__name__}'s learning-rate multipliers are SGD's (μP for SGD); "
+                         f"optimizer={optimizer!r} would apply them unchanged")
     keep = {id(p) for p in params}
-    out = [{"params": [p for p in ps if id(p) in keep], "lr_mult": mult} for ps, mult in groups]
+    out = [{"params": [p for p in ps if id(p) in keep], "lr_mult": mult, "weight_decay": weight_decay / mult}
+           for ps, mult in groups]
     if sum(len(g["params"]) for g in out) != len(params):
         raise ValueError(f"{type(model).__name__}.lr_multipliers() does not cover each trainable parameter once")
     return [g for g in out if g["params"]]
@@ -133,15 +139,17 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
     spe = _steps_per_epoch(data, batch_size)
     total = epochs * spe
     every = record_every or spe
-    params = _lr_groups(model, trainable(model))
+    trainable_params = trainable(model)
+    params = _lr_groups(model, trainable_params, weight_decay=weight_decay, optimizer=optimizer)
     if optimizer == "sgd":
         make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay)  # noqa: E731
     elif optimizer == "adamw":
         make_opt = lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)  # noqa: E731
     else:
         raise ValueError(f"optimizer={optimizer!r}: expected 'sgd' or 'adamw'")
-    if subspace is not None and (optimizer != "sgd" or freeze_epoch is not None):
-        raise ValueError("subspace training needs optimizer='sgd' and no freeze_epoch")
+    if subspace is not None and (optimizer != "sgd" or freeze_epoch is not None or params is not trainable_params):
+        raise ValueError("subspace training needs optimizer='sgd', no freeze_epoch and one learning rate for "
+                         "every parameter")
     opt, sub = make_opt(params), None
     gen = torch.Generator().manual_seed(seed)
     rows, step, t0 = [], 0, time.time()
@@ -173,7 +181,7 @@ def train_classifier(model: nn.Module, data, *, run_dir: str | Path, epochs: int
                 step += 1
                 losses.append(loss.item())
                 rec.step(step, epoch=step / spe)
-            rows.append({"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
+            rows.append({"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_mult", 1.0),
                          "train_loss": float(np.mean(losses)),
                          "test_accuracy": evaluate(model, data, device=device), "seconds": time.time() - t0})
     return pd.DataFrame(rows)
