@@ -200,3 +200,21 @@ def test_the_cli_names_an_unknown_repository_and_a_missing_hub_extra(hub, capsys
     assert "pip install 'trajlib[hub]'" in capsys.readouterr().err
     with pytest.raises(ImportError, match=r"pip install 'trajlib\[hub\]'"):
         trajlib.open_trajectory(f"hub:{REPO}", endpoint=fake.url)
+
+
+def test_hallmarks_of_a_suite_carry_its_tokens_and_coverage(hub):
+    """Hallmarks of a public suite sit on its own axes: per checkpoint the step and the tokens the
+    suite states for it, and per table the fraction of the schedule the pass covered."""
+    from trajlib import hallmarks as H
+
+    fake, _ = hub
+    traj = trajlib.open_trajectory(f"hub:{REPO}", steps=[0, 1, 2, 4, 200, 300], endpoint=fake.url, verify=False)
+    stats = trajlib.gram(traj, cache=False, progress=False)
+    pc = H.per_checkpoint(stats)
+    assert pc["step"].tolist() == [0, 1, 2, 4, 200, 300]
+    assert pc["tokens"].tolist() == [1024.0 * s for s in (0, 1, 2, 4, 200, 300)]
+    table = H.hallmark_table(stats)
+    assert table.loc["all", "coverage"] == traj.meta["audit"]["coverage"] == 1.0  # every step asked for was usable
+    plain = H.hallmark_table(stats.__class__(stats.steps, stats.epochs, stats.grams, stats.n_params, stats.labels, {}))
+    assert "coverage" not in plain.columns and "tokens" not in H.per_checkpoint(
+        stats.__class__(stats.steps, stats.epochs, stats.grams, stats.n_params, stats.labels, {})).columns

@@ -208,10 +208,13 @@ def one_run(stats) -> None:
 
 def hallmark_table(stats, groups=None) -> pd.DataFrame:
     """The per-group hallmark table: one row per group (index ``group``), columns n_params, T
-    and the scalar hallmarks of :func:`summary`. Paper claims compare ``mds`` across runs;
-    notebooks 01–05 and 07 call this."""
+    and the scalar hallmarks of :func:`summary`; for a public suite read through its audit, also
+    ``coverage`` (the fraction of the suite's schedule the checkpoints cover). Paper claims
+    compare ``mds`` across runs; notebooks 01–05 and 07 call this."""
     one_run(stats)
-    rows = {g: {"n_params": stats.n_params[g], "T": stats.T, **summary(stats[g])} for g in groups or stats.groups}
+    coverage = (stats.meta.get("audit") or {}).get("coverage")
+    extra = {} if coverage is None else {"coverage": coverage}
+    rows = {g: {"n_params": stats.n_params[g], "T": stats.T, **extra, **summary(stats[g])} for g in groups or stats.groups}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "group"
     return df
@@ -219,7 +222,8 @@ def hallmark_table(stats, groups=None) -> pd.DataFrame:
 
 def per_checkpoint(stats, group: str = "all") -> pd.DataFrame:
     """One row per checkpoint: step, epoch, norms, angle and update cosines of one group (of
-    one run).
+    one run); for a public suite read through its audit, also ``tokens`` seen at each step
+    (NaN where the suite does not state them), the axis its curves belong on.
 
     Update quantities sit on the row of the checkpoint the update leaves (t for u_t).
     """
@@ -227,8 +231,11 @@ def per_checkpoint(stats, group: str = "all") -> pd.DataFrame:
     G = stats[group]
     T = stats.T
     pad = lambda x: np.concatenate([x, np.full(T - len(x), np.nan)])  # noqa: E731
+    tokens = (stats.meta.get("audit") or {}).get("tokens")
+    extra = {} if not tokens else {"tokens": [np.nan if tokens.get(str(int(s))) is None else float(tokens[str(int(s))])
+                                              for s in stats.steps]}
     return pd.DataFrame({
-        "step": stats.steps, "epoch": stats.epochs,
+        "step": stats.steps, **extra, "epoch": stats.epochs,
         "param_norm": param_norm(G), "distance_from_init": distance_from_init(G),
         "angle_from_init": angle_from_init(G), "step_norm": pad(step_norm(G)),
         "consecutive_update_cos": pad(consecutive_update_cos(G)),

@@ -391,6 +391,9 @@ def gram(traj, *, groups=None, device="cpu", block_bytes: int = DEFAULT_BLOCK_BY
             "kernel": "triton" if triton else "torch", "block_bytes": block_bytes, "world_size": world}
     if hasattr(traj, "run_meta"):
         meta["runs"] = traj.run_meta()
+    audit = (traj.meta or {}).get("audit")
+    if audit:  # a public suite's coverage and tokens travel with its hallmarks
+        meta["audit"] = {k: audit[k] for k in ("suite", "coverage", "tokens", "dropped") if k in audit}
     stats = GramStats(traj.steps.copy(), traj.epochs.copy(), grams, dict(zip(plan.groups, plan.n_params)),
                       list(traj.labels), meta)
     if path is not None and rank == 0:
