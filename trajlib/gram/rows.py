@@ -28,7 +28,8 @@ def form_rows(theta, R, starts: Sequence[int] = (0,)):
     dtype (float64 in the engine) and device: consecutive differences, each run's θ_0 at its
     start row. Returns ``R``. On the CPU in one pass (numpy's subtract into R's memory)."""
     if theta.device.type == "cpu":
-        np.subtract(theta[1:].numpy(), theta[:-1].numpy(), out=R[1:].numpy())
+        t = theta.numpy()
+        np.subtract(t[1:], t[:-1], out=R.numpy()[1:])
     else:
         R[1:].copy_(theta[1:]).sub_(theta[:-1])
     for s in starts:
