@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 book: $(STAMP)
-	$(PY) -m trajlib.paper reproduce --preset laptop
+	$(PY) -m trajlib.paper reproduce --preset laptop --jobs 2
 
 # JupyterLab on the notebooks with a kernel named after this project's venv (--allow-root only as root)
 lab: $(STAMP) $(LAB)

@@ -582,3 +582,93 @@ def test_11_rows_recompute_from_the_family_table_and_mup_is_the_base_family_at_i
     at_base = lambda t: t[t.width == p["widths"][0]].set_index("seed")[["mds", "travel", "final_accuracy"]]  # noqa: E731
     assert at_base(mup).equals(at_base(base))
     _recomputes(rows[len(families)], width_rise(table, families[-1], "relative_mds"))
+
+
+STAMP = '''import json, os, time
+start = time.time()
+FAIL
+with open("../order.jsonl", "a") as f:
+    f.write(json.dumps({"page": NAME, "start": start, "end": time.time(),
+                        "omp": os.environ.get("OMP_NUM_THREADS")}) + "\\n")'''
+
+
+def _stamping_layout(root: Path, failing: str | None = None) -> Layout:
+    """Pages that append (page, start, end, OMP_NUM_THREADS) to book/order.jsonl: 04 is a
+    language-model page (run alone), 12 reads 01's and 02's runs, 06 reads nothing."""
+    import nbformat.v4 as v4
+
+    (root / "notebooks").mkdir(parents=True)
+    for name in ("01-a", "02-b", "04-lm", "06-c", "12-d"):
+        nb = v4.new_notebook()
+        params = v4.new_code_cell('preset = "ci"')
+        params.metadata["tags"] = ["parameters"]
+        fail = "raise RuntimeError('boom')" if name == failing else ""
+        nb.cells = [params, v4.new_code_cell(STAMP.replace("NAME", repr(name)).replace("FAIL", fail))]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, root / "notebooks" / f"{name}.ipynb")
+    (root / "notebooks" / "presets.yml").write_text("laptop: {}\n")
+    return Layout(root)
+
+
+def _order(root: Path) -> dict[str, dict]:
+    lines = (root / "book" / "order.jsonl").read_text().splitlines()
+    return {d["page"]: d for d in map(json.loads, lines)}
+
+
+def test_jobs_run_language_model_pages_alone_then_the_rest_after_the_pages_they_read(tmp_path):
+    import os
+
+    from trajlib.paper.book import BUILD_FILE, runtime_table
+
+    _stamping_layout(tmp_path)
+    log: list[str] = []
+    assert reproduce(preset="ci", root=tmp_path, build=False, jobs=2, echo=log.append) == 0
+    runs = _order(tmp_path)
+    assert set(runs) == {"01-a", "02-b", "04-lm", "06-c", "12-d"}
+    assert runs["04-lm"]["omp"] == os.environ.get("OMP_NUM_THREADS")  # alone: the build's own setting
+    assert all(runs[p]["start"] >= runs["04-lm"]["end"] for p in runs if p != "04-lm")
+    assert runs["12-d"]["start"] >= max(runs["01-a"]["end"], runs["02-b"]["end"])
+    one_job = str(max(1, (os.cpu_count() or 1) // 2))
+    assert {runs[p]["omp"] for p in ("01-a", "02-b", "06-c", "12-d")} == {one_job}
+    info = json.loads((tmp_path / "book" / "figures" / BUILD_FILE).read_text())
+    assert info["jobs"] == 2 and info["notebooks"] == 5 and info["wall_seconds"] > 0
+    table = runtime_table(Layout(tmp_path))
+    assert "ran 2 at a time after the language-model pages" in table and table.count("| `") == 5
+
+
+def test_a_page_whose_prerequisite_failed_is_not_run_and_is_named(tmp_path):
+    _stamping_layout(tmp_path, failing="01-a")
+    log: list[str] = []
+    assert reproduce(preset="ci", root=tmp_path, build=False, jobs=2, keep_going=True, echo=log.append) == 1
+    text = "\n".join(log)
+    assert "01-a: cell" in text and "RuntimeError: boom" in text
+    assert "12-d: not run: it reads the runs of 01-a, which failed" in text
+    assert set(_order(tmp_path)) == {"02-b", "04-lm", "06-c"}  # 01-a raised before stamping
+    assert "2 notebook(s) failed" in text
+
+
+def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
+    from trajlib.paper.book import AFTER, EXCLUSIVE, run_plan, waits_for
+    from trajlib.paper.presets import load_presets
+
+    names = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert run_plan(names, 1) == (names, [])
+    alone, together = run_plan(names, 2)
+    assert [n[:2] for n in alone] == list(EXCLUSIVE) and set(alone) | set(together) == set(names)
+    reads = {}
+    for name in names:
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        scope: dict = {}
+        exec(params.source, scope)
+        pages = [v for k, v in scope.items() if k.endswith("_page")] + list(scope.get("pages", []))
+        for preset in load_presets(REPO / "notebooks" / "presets.yml").values():
+            pages += list(preset.get(name, {}).get("pages", []))
+        reads[name] = {p[:2] for p in pages}
+    assert reads["05-qkv"] == {"04"} and reads["12-generalisation-redundancy"] >= {"01", "02", "10"}
+    for name, needed in reads.items():
+        assert needed <= {w[:2] for w in waits_for(name, names)}, name
+    from trajlib.paper.scale_families import families
+
+    shared = {run[:2] for run, _ in families(deep=6, base_width=8).values()} - {"11"}
+    assert shared == {"04"} and set(AFTER["11"]) >= shared  # page 11 reuses page 04's vision panel

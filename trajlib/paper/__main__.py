@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers (e.g. 01 03-batch-size)")
     r.add_argument("--keep-going", action="store_true", help="run the other notebooks after a failure")
     r.add_argument("--no-build", action="store_true", help="execute the notebooks only")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="after the language-model pages (alone, every core), run N pages at once on cores/N threads each")
     sub.add_parser("build", help="render the ledger and build the book from executed notebooks")
     v = sub.add_parser("verify", help="re-execute pages from scratch and compare their numbers with the published ones")
     v.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers (default: every published page)")
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "reproduce":
-            return reproduce(preset=args.preset, only=args.only, keep_going=args.keep_going, build=not args.no_build)
+            return reproduce(preset=args.preset, only=args.only, keep_going=args.keep_going, build=not args.no_build,
+                             jobs=args.jobs)
         if args.command == "verify":
             from .verify import verify
 

@@ -107,26 +107,55 @@ def _present_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool, float, str]:
-    """Execute one notebook; returns (ok, seconds, message naming the failing cell)."""
+def execute(name: str, source: Path, layout: Layout, preset: str, threads: int | None = None,
+            progress: bool = True) -> tuple[bool, float, str]:
+    """Execute one notebook; returns (ok, seconds, message naming the failing cell). ``threads``:
+    the kernel's CPU threads (OpenMP, MKL, OpenBLAS; None leaves torch's default, one per core)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     params = parameters_for(source, preset, layout.presets)
     out = layout.figures / source.name
     layout.figures.mkdir(parents=True, exist_ok=True)
-    bar = {"desc": name, "leave": True, "dynamic_ncols": True} if sys.stderr.isatty() else False
+    bar = {"desc": name, "leave": True, "dynamic_ncols": True} if progress and sys.stderr.isatty() else False
     t0 = time.time()
     try:
         with tempfile.TemporaryDirectory(prefix="trajlib-kernel-") as sockets:
             papermill.execute_notebook(str(source), str(out), parameters=params, cwd=str(layout.figures),
                                        kernel_name="python3", progress_bar=bar, log_output=False,
-                                       kernel_manager_class=_local_kernel_manager(sockets))
+                                       kernel_manager_class=_local_kernel_manager(sockets, threads))
     except PapermillExecutionError as exc:
         return False, time.time() - t0, (f"{name}: cell {exc.exec_count} failed: {exc.ename}: "
                                          f"{exc.evalue}".strip())
     _present_parameters(out)
     return True, time.time() - t0, ""
+
+
+# Pages that train language models run alone, on every core: their matrix products use them all.
+# The other pages train small models on digits that run as fast on one core as on two, so with
+# ``jobs`` > 1 that many of them run at once, each kernel on cores // jobs threads.
+EXCLUSIVE = ("04", "05")
+# A page starts only after the pages whose runs it reads or shares (05 and 11 page 04's, 08 page
+# 02's, 12 the digits runs of its ``pages``), so two kernels never train the same run.
+AFTER = {"05": ("04",), "08": ("02",), "11": ("04",), "12": ("01", "02", "03", "07", "09", "10")}
+
+
+def _number(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
+def run_plan(names: list[str], jobs: int) -> tuple[list[str], list[str]]:
+    """(pages run one at a time on every core, in order; pages run ``jobs`` at a time): with one
+    job every page is in the first list, in name order."""
+    if jobs <= 1:
+        return list(names), []
+    alone = [n for n in names if _number(n) in EXCLUSIVE]
+    return alone, [n for n in names if n not in alone]
+
+
+def waits_for(name: str, names: list[str]) -> list[str]:
+    """The pages among ``names`` that ``name`` reads runs of."""
+    return [n for n in names if _number(n) in AFTER.get(_number(name), ())]
 
 
 # How the kernel that executes a page renders its figures: PNG at twice the figure's dpi, with the
@@ -135,10 +164,11 @@ def execute(name: str, source: Path, layout: Layout, preset: str) -> tuple[bool,
 INLINE_FIGURE_FORMAT = "retina"
 
 
-def _local_kernel_manager(folder: str):
+def _local_kernel_manager(folder: str, threads: int | None = None):
     """A kernel manager that talks to the kernel over local (IPC) sockets in ``folder`` rather
     than TCP on localhost: nothing listens on a port, and the kernel has no plain-text-TCP
-    warning to print for every notebook. Its inline figures are :data:`INLINE_FIGURE_FORMAT`."""
+    warning to print for every notebook. Its inline figures are :data:`INLINE_FIGURE_FORMAT`;
+    ``threads`` (if given) caps the kernel's OpenMP, MKL and OpenBLAS threads."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LocalKernelManager(AsyncKernelManager):
@@ -152,6 +182,8 @@ def _local_kernel_manager(folder: str):
             env = {**os.environ, **(kw.get("env") or {})}
             quiet = "ignore:IProgress not found"
             env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
+            if threads:
+                env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
             kw["env"] = {**env, "TQDM_DISABLE": "1"}
             kw["extra_arguments"] = [*(kw.get("extra_arguments") or []),
                                      f"--InlineBackend.figure_formats={INLINE_FIGURE_FORMAT}"]
@@ -391,8 +423,9 @@ def build_book(layout: Layout) -> int:
 
 def runtime_table(layout: Layout) -> str:
     """Markdown table of each executed notebook's wall time, from what papermill records in the
-    notebook itself (``metadata.papermill``): nothing tracked is rewritten by a build."""
-    import os
+    notebook itself (``metadata.papermill``), beside the seeds and CPU threads its results JSON
+    records and its share of the total; nothing tracked is rewritten by a build. The last full
+    build's wall time (``figures/build.json``) follows the table."""
     import platform
 
     rows, total = [], 0.0
@@ -401,13 +434,45 @@ def runtime_table(layout: Layout) -> str:
         if meta.get("duration") is None:
             continue
         total += meta["duration"]
+        prov = _results_of(layout, path.stem).get("provenance", {})
+        seeds = prov.get("seeds", {})
         rows.append({"notebook": f"`{path.stem}`", "preset": meta.get("parameters", {}).get("preset", "ci"),
-                     "seconds": f"{meta['duration']:.0f}", "executed": str(meta.get("end_time", ""))[:16].replace("T", " ")})
+                     "seeds": ", ".join(str(v) if k == "seeds" else f"{k} {v}" for k, v in seeds.items()),
+                     "threads": str(prov.get("threads", {}).get("torch_intra_op", "")),
+                     "seconds": meta["duration"]})
     if not rows:
         return "No notebook has been executed yet.\n"
-    rows.append({"notebook": "**total**", "preset": "", "seconds": f"**{total:.0f}**", "executed": ""})
-    return (_markdown(rows) + f"\n\nMeasured on {os.cpu_count()} cores ({platform.machine()}) by the build that "
-            "made these pages; a page whose runs were already on disk reuses them and shows only its analysis time.\n")
+    for row in rows:
+        row["share"] = f"{100 * row['seconds'] / total:.0f}%" if total else ""
+        row["seconds"] = f"{row['seconds']:.0f}"
+    rows.append({"notebook": "**total**", "preset": "", "seeds": "", "threads": "", "seconds": f"**{total:.0f}**",
+                 "share": ""})
+    text = (_markdown(rows) + f"\n\nMeasured on {os.cpu_count()} cores ({platform.machine()}) by the build that "
+            "made these pages; a page whose runs were already on disk reuses them and shows only its analysis time. "
+            "Seeds are the page's own seed parameters (05 trains its deeper model on `deep_seeds` and reads page "
+            "04's runs).")
+    info = _read_json(layout.figures / BUILD_FILE)
+    if info.get("jobs", 1) > 1:
+        text += (f" The pages on one thread ran {info['jobs']} at a time after the language-model pages "
+                 f"({', '.join(EXCLUSIVE)}), which ran alone on every core: the {info['notebooks']} notebooks took "
+                 f"{info['wall_seconds']:.0f} s of wall time, against {total:.0f} s summed above.")
+    elif info:
+        text += f" The {info['notebooks']} notebooks ran one after another in {info['wall_seconds']:.0f} s."
+    return text + "\n"
+
+
+BUILD_FILE = "build.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _results_of(layout: Layout, name: str) -> dict:
+    return _read_json(layout.results / f"{name}.json")
 
 
 def _percent(fraction: float) -> str:
@@ -429,23 +494,45 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_going: bool = False,
-              build: bool = True, root: str | Path | None = None, echo=print) -> int:
+              build: bool = True, root: str | Path | None = None, jobs: int = 1, echo=print) -> int:
     """Execute the selected notebooks at ``preset``, then build the book. Returns an exit status
-    (0 only if every notebook ran and the book built)."""
+    (0 only if every notebook ran and the book built). ``jobs`` > 1: the language-model pages
+    run first, alone; then up to ``jobs`` other pages at once (:func:`run_plan`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: expected at least 1")
     layout = Layout(Path(root) if root else Path.cwd())
     chosen = select(layout, only)
-    failures = {}
-    for k, (name, source) in enumerate(chosen.items(), 1):
-        echo(f"[{k}/{len(chosen)}] {name} ({preset}) ...")
-        ok, sec, msg = execute(name, source, layout, preset)
-        echo(f"[{k}/{len(chosen)}] {name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
+    t0 = time.time()
+    alone, together = run_plan(list(chosen), jobs)
+    failures: dict[str, str] = {}
+    counter = iter(range(1, len(chosen) + 1))
+
+    def started(name, threads=None):
+        k = next(counter)
+        echo(f"[{k}/{len(chosen)}] {name} ({preset}{f', {threads} thread(s)' if threads else ''}) ...")
+
+    def finished(name, ok, sec, msg):
+        echo(f"{name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
         if not ok:
             failures[name] = msg
             echo(f"  {msg}")
-            if not keep_going:
-                break
+
+    for name in alone:
+        if failures and not keep_going:
+            break
+        started(name)
+        finished(name, *execute(name, chosen[name], layout, preset))
+    if together and (keep_going or not failures):
+        _run_together(together, chosen, layout, preset, jobs=jobs, keep_going=keep_going, failures=failures,
+                      started=started, finished=finished)
+    wall = time.time() - t0
+    echo(f"notebooks: {len(chosen) - len(failures)} of {len(chosen)} ran in {wall:.0f} s"
+         + (f" ({jobs} at a time after {', '.join(alone)})" if together else ""))
+    if only is None and not failures:
+        atomic_write(layout.figures / BUILD_FILE, json.dumps(
+            {"jobs": jobs, "wall_seconds": round(wall, 1), "notebooks": len(chosen), "preset": preset}).encode())
     write_ledger(layout)
     status = 1 if failures else 0
     if failures:
@@ -455,3 +542,41 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
         if status == 0:
             echo(f"book: {layout.book / '_build' / 'html' / 'intro.html'}")
     return status
+
+
+def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, started, finished) -> None:
+    """Execute ``names`` in ``jobs`` worker processes, each page once the pages it
+    :func:`waits_for` have finished; a page whose prerequisite failed is not run."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    done, waiting, running = set(), list(names), {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for name in list(waiting):
+                if len(running) >= jobs or (failures and not keep_going):
+                    break
+                needs = waits_for(name, list(chosen))
+                if any(n in failures for n in needs):
+                    waiting.remove(name)
+                    failures[name] = f"{name}: not run: it reads the runs of {', '.join(n for n in needs if n in failures)}, which failed"
+                elif all(n in done for n in needs):
+                    waiting.remove(name)
+                    started(name, threads)
+                    running[pool.submit(execute, name, chosen[name], layout, preset, threads, False)] = name
+            if failures and not keep_going:
+                waiting.clear()
+            if not running:
+                if waiting:
+                    raise RuntimeError(f"pages {', '.join(waiting)} wait for pages that never run")
+                break
+            finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                name = running.pop(future)
+                try:
+                    ok, sec, msg = future.result()
+                except Exception as exc:  # the worker died (killed, out of memory): name the page
+                    ok, sec, msg = False, 0.0, f"{name}: its worker failed: {type(exc).__name__}: {exc}"
+                finished(name, ok, sec, msg)
+                done.add(name)

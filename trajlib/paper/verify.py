@@ -8,6 +8,8 @@ page's ``parameters``, ``values`` and ``claims`` is compared with the published 
 when |re-run − published| ≤ atol + rtol · |published|; every string there (verdicts, labels)
 must match exactly. A field present on one side only is a mismatch. ``provenance`` is shown when
 it differs (another CPU, thread count or library version explains a difference) but never fails.
+Each page's kernel gets the CPU thread count its published JSON records, since the order of a
+multithreaded sum, and so the last bits of a number, follow it.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def rerun_pages(names: list[str], *, published: Path, repo, preset: str | None, 
         (layout.results / f"{name}.json").unlink()
         page_preset = preset or doc["preset"]
         echo(f"{name}: executing at the {page_preset} preset in {work} ...")
-        ok, seconds, message = execute(name, source, layout, page_preset)
+        threads = doc.get("provenance", {}).get("threads", {}).get("torch_intra_op")  # as published
+        ok, seconds, message = execute(name, source, layout, page_preset, threads)
         if not ok:
             raise RuntimeError(message)
         echo(f"{name}: ran in {seconds:.0f} s")
