@@ -62,3 +62,28 @@ def test_compare_fields_absent_on_one_side_strings_and_nan():
     assert not rows["values.s"].ok and not rows["values.gone"].ok and not rows["values.new"].ok
     assert rows["values.gone"].rerun == "(absent)" and rows["values.new"].published == "(absent)"
     assert not compare("p", a, {**b, "values": {**b["values"], "x": 1.1}}, rtol=1e-9, atol=0)[0].ok
+
+
+def test_compare_builds_names_identical_pages_differences_and_provenance(tmp_path):
+    from trajlib.paper.verify import compare_builds
+
+    doc = {"preset": "laptop", "parameters": {"seeds": 3}, "values": {"x": 0.25, "v": "agrees"}, "claims": [],
+           "provenance": {"threads": {"torch_intra_op": 2}}}
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "01-a.json").write_text(json.dumps(doc))
+    log: list[str] = []
+    assert compare_builds(first, second, echo=log.append) == 0
+    assert "01-a: byte-identical, 3 fields compared, 0 differ" in log
+    changed = {**doc, "values": {"x": 0.25 + 2 ** -54, "v": "agrees"}, "provenance": {"threads": {"torch_intra_op": 1}}}
+    (second / "01-a.json").write_text(json.dumps(changed))
+    (first / "02-b.json").write_text(json.dumps(doc))
+    log.clear()
+    assert compare_builds(first, second, echo=log.append) == 1  # exact: one ulp is a difference
+    text = "\n".join(log)
+    assert "01-a: 3 fields compared, 1 differ, 1 provenance field(s) differ" in text
+    assert f"02-b: only in {first}" in text
+    assert "values.x" in text and "provenance.threads.torch_intra_op" in text and "shown" in text
+    (first / "02-b.json").unlink()
+    assert compare_builds(first, second, rtol=1e-12, echo=log.append) == 0

@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--atol", type=float, default=1e-12, help="absolute tolerance (default 1e-12)")
     v.add_argument("--all", action="store_true", help="print every compared field, not only mismatches")
     v.add_argument("--work", help="keep the re-run here instead of a temporary folder")
+    c = sub.add_parser("compare", help="compare two builds' results folders field by field (exact by default)")
+    c.add_argument("first")
+    c.add_argument("second")
+    c.add_argument("--rtol", type=float, default=0.0)
+    c.add_argument("--atol", type=float, default=0.0)
     m = sub.add_parser("margins", help="measure the test suite's seed checks over many seeds (ci preset)")
     m.add_argument("--only", nargs="+", metavar="NAME", help="notebook names or numbers")
     m.add_argument("--seeds", type=int, default=20)
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return verify(args.only, published=args.published, preset=args.preset, rtol=args.rtol, atol=args.atol,
                           show_all=args.all, work=args.work)
+        if args.command == "compare":
+            from .verify import compare_builds
+
+            return compare_builds(args.first, args.second, rtol=args.rtol, atol=args.atol)
         if args.command == "margins":
             return _margins(args)
         layout = Layout()

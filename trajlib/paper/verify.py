@@ -106,11 +106,13 @@ def _show(x) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def table(rows: list[Difference]) -> str:
-    """A plain-text table: page, field, published, re-run, difference, ok."""
-    head = ("page", "field", "published", "re-run", "difference", "ok")
+def table(rows: list[Difference], sides: tuple[str, str] = ("published", "re-run")) -> str:
+    """A plain-text table: page, field, the two sides' values, difference, ok (provenance
+    fields are shown, never judged)."""
+    head = ("page", "field", *sides, "difference", "ok")
+    judged = lambda r: "shown" if r.field.startswith("provenance") else "ok" if r.ok else "MISMATCH"  # noqa: E731
     body = [(r.page, r.field, _show(r.published), _show(r.rerun),
-             "" if r.difference is None else f"{r.difference:.3g}", "ok" if r.ok else "MISMATCH") for r in rows]
+             "" if r.difference is None else f"{r.difference:.3g}", judged(r)) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths)), *(fmt.format(*b) for b in body)])
@@ -156,4 +158,39 @@ def verify(names: list[str] | None = None, *, published: str | Path | None = Non
         echo(table(rows))
     echo(f"verify: {'ok' if not failed else f'{failed} field(s) outside tolerance'} "
          f"(|re-run − published| ≤ {atol:g} + {rtol:g}·|published|)")
+    return 1 if failed else 0
+
+
+def compare_builds(first: str | Path, second: str | Path, *, rtol: float = 0.0, atol: float = 0.0,
+                   echo=print) -> int:
+    """Compare two builds' results folders field by field (exact by default): per page, whether
+    the files are byte-identical, how many fields were compared and which differ, provenance
+    included (shown, not failed, as in :func:`verify`). Returns 0 when every compared field
+    passed and both folders hold the same pages, else 1."""
+    first, second = Path(first), Path(second)
+    for folder in (first, second):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no results folder")
+    a, b = ({p.stem for p in f.glob("*.json")} for f in (first, second))
+    rows, failed = [], 0
+    for name in sorted(a | b):
+        if name not in a or name not in b:
+            failed += 1
+            echo(f"{name}: only in {first if name in a else second}")
+            continue
+        raw_a, raw_b = (f / f"{name}.json" for f in (first, second))
+        docs = [json.loads(p.read_text()) for p in (raw_a, raw_b)]
+        diffs = compare(name, *docs, rtol=rtol, atol=atol)
+        bad = [d for d in diffs if not d.ok]
+        env = [Difference(name, k, v, w, None, True) for k, v in leaves(docs[0].get("provenance"), "provenance").items()
+               if (w := leaves(docs[1].get("provenance"), "provenance").get(k, "(absent)")) != v]
+        failed += len(bad)
+        rows += bad + env
+        same = raw_a.read_bytes() == raw_b.read_bytes()
+        echo(f"{name}: {'byte-identical, ' if same else ''}{len(diffs)} fields compared, {len(bad)} differ"
+             + (f", {len(env)} provenance field(s) differ" if env else ""))
+    if rows:
+        echo(table(rows, sides=("first", "second")))
+    echo(f"compare: {'ok' if not failed else f'{failed} difference(s)'} "
+         f"(|second − first| ≤ {atol:g} + {rtol:g}·|first|)")
     return 1 if failed else 0
