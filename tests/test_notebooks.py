@@ -672,3 +672,22 @@ def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
 
     shared = {run[:2] for run, _ in families(deep=6, base_width=8).values()} - {"11"}
     assert shared == {"04"} and set(AFTER["11"]) >= shared  # page 11 reuses page 04's vision panel
+
+
+def test_the_fixed_rate_check_shares_the_run_of_the_width_whose_rate_it_fixes(tmp_path):
+    """The widest fixed-rate run has the family's own config (so it is reused, not retrained);
+    unset, the fixed rate is base_lr, and the narrow runs differ from the family's."""
+    from trajlib.paper.runs import _run_dir, fixed_rate_family, width_scaled_rate
+
+    family = {"base_lr": 1e-3, "base_width": 64, "lr_width_exponent": 0.5, "fixed_lr_widths": [32, 256],
+              "widths": [32, 64, 128, 256], "fixed_lr_at": 256}
+    config = lambda w, lr: {"task": "char_lm", "width": w, "seed": 0, "lr": lr}  # noqa: E731
+    fixed = fixed_rate_family(family)
+    assert fixed["widths"] == [32, 256] and fixed["lr_width_exponent"] == 0.0
+    lr = {w: width_scaled_rate(w, **{k: fixed[k] for k in ("base_lr", "base_width", "lr_width_exponent")}) for w in (32, 256)}
+    scaled = {w: width_scaled_rate(w, **{k: family[k] for k in ("base_lr", "base_width", "lr_width_exponent")})
+              for w in (32, 256)}
+    assert lr[32] == lr[256] == scaled[256] == 5e-4
+    assert _run_dir(tmp_path, "04-scale", config(256, lr[256])) == _run_dir(tmp_path, "04-scale", config(256, scaled[256]))
+    assert _run_dir(tmp_path, "04-scale", config(32, lr[32])) != _run_dir(tmp_path, "04-scale", config(32, scaled[32]))
+    assert fixed_rate_family({**family, "fixed_lr_at": None})["base_lr"] == 1e-3

@@ -287,12 +287,28 @@ def uniform_checkpoints(stats, every: int):
     return stats.select([i for i, s in enumerate(stats.steps) if int(s) % every == 0])
 
 
+def width_scaled_rate(width: int, *, base_lr: float, base_width: int, lr_width_exponent: float) -> float:
+    """Page 04's learning-rate rule: base_lr · (base_width / width)^exponent."""
+    return base_lr * (base_width / width) ** lr_width_exponent
+
+
+def fixed_rate_family(parameters: dict) -> dict:
+    """Page 04's parameters for its fixed-rate check: ``fixed_lr_widths`` all trained at the rate
+    the width-scaled rule gives width ``fixed_lr_at`` (``base_lr`` when it is None). Where that
+    width is in the family, its run is the family's own (same config, reused, not retrained)."""
+    p = parameters
+    at = p.get("fixed_lr_at") or p["base_width"]
+    rate = width_scaled_rate(at, base_lr=p["base_lr"], base_width=p["base_width"], lr_width_exponent=p["lr_width_exponent"])
+    return {**p, "widths": p["fixed_lr_widths"], "base_lr": rate, "lr_width_exponent": 0.0}
+
+
 def char_lm_family(runs_dir, *, widths, seeds, groups, base_lr: float, base_width: int,
                    lr_width_exponent: float, name: str = "04-scale", **train_kwargs) -> dict:
     """Tiny GPT-NeoX models of the given ``widths`` trained here on the pydoc corpus, with
     lr = base_lr · (base_width / width)^exponent (Pythia shrinks the rate with size); run name
     ``name``. Returns {(width, seed): GramStats with ``groups``}."""
-    configs = {w: dict(width=w, lr=base_lr * (base_width / w) ** lr_width_exponent) for w in widths}
+    configs = {w: dict(width=w, lr=width_scaled_rate(w, base_lr=base_lr, base_width=base_width,
+                                                      lr_width_exponent=lr_width_exponent)) for w in widths}
     return sweep(runs_dir, name=name, task="char_lm", configs=configs, seeds=seeds, groups=groups,
                  **train_kwargs).run_stats
 
