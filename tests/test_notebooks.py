@@ -594,11 +594,11 @@ with open("../order.jsonl", "a") as f:
 
 def _stamping_layout(root: Path, failing: str | None = None) -> Layout:
     """Pages that append (page, start, end, OMP_NUM_THREADS) to book/order.jsonl: 04 is a
-    language-model page (run alone), 12 reads 01's and 02's runs, 06 reads nothing."""
+    language-model page (run alone), 11 reads its runs, 12 reads 01's and 02's, 06 nothing."""
     import nbformat.v4 as v4
 
     (root / "notebooks").mkdir(parents=True)
-    for name in ("01-a", "02-b", "04-lm", "06-c", "12-d"):
+    for name in ("01-a", "02-b", "04-lm", "06-c", "11-e", "12-d"):
         nb = v4.new_notebook()
         params = v4.new_code_cell('preset = "ci"')
         params.metadata["tags"] = ["parameters"]
@@ -624,16 +624,16 @@ def test_jobs_run_language_model_pages_alone_then_the_rest_after_the_pages_they_
     log: list[str] = []
     assert reproduce(preset="ci", root=tmp_path, build=False, jobs=2, echo=log.append) == 0
     runs = _order(tmp_path)
-    assert set(runs) == {"01-a", "02-b", "04-lm", "06-c", "12-d"}
+    assert set(runs) == {"01-a", "02-b", "04-lm", "06-c", "11-e", "12-d"}
     assert runs["04-lm"]["omp"] == os.environ.get("OMP_NUM_THREADS")  # alone: the build's own setting
     assert all(runs[p]["start"] >= runs["04-lm"]["end"] for p in runs if p != "04-lm")
     assert runs["12-d"]["start"] >= max(runs["01-a"]["end"], runs["02-b"]["end"])
     one_job = str(max(1, (os.cpu_count() or 1) // 2))
-    assert {runs[p]["omp"] for p in ("01-a", "02-b", "06-c", "12-d")} == {one_job}
+    assert {runs[p]["omp"] for p in ("01-a", "02-b", "06-c", "11-e", "12-d")} == {one_job}
     info = json.loads((tmp_path / "book" / "figures" / BUILD_FILE).read_text())
-    assert info["jobs"] == 2 and info["notebooks"] == 5 and info["wall_seconds"] > 0
+    assert info["jobs"] == 2 and info["notebooks"] == 6 and info["wall_seconds"] > 0
     table = runtime_table(Layout(tmp_path))
-    assert "ran 2 at a time after the language-model pages" in table and table.count("| `") == 5
+    assert "ran 2 at a time after the language-model pages" in table and table.count("| `") == 6
 
 
 def test_a_page_whose_prerequisite_failed_is_not_run_and_is_named(tmp_path):
@@ -643,7 +643,7 @@ def test_a_page_whose_prerequisite_failed_is_not_run_and_is_named(tmp_path):
     text = "\n".join(log)
     assert "01-a: cell" in text and "RuntimeError: boom" in text
     assert "12-d: not run: it reads the runs of 01-a, which failed" in text
-    assert set(_order(tmp_path)) == {"02-b", "04-lm", "06-c"}  # 01-a raised before stamping
+    assert set(_order(tmp_path)) == {"02-b", "04-lm", "06-c", "11-e"}  # 01-a raised before stamping
     assert "2 notebook(s) failed" in text
 
 

@@ -526,7 +526,7 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
         finished(name, *execute(name, chosen[name], layout, preset))
     if together and (keep_going or not failures):
         _run_together(together, chosen, layout, preset, jobs=jobs, keep_going=keep_going, failures=failures,
-                      started=started, finished=finished)
+                      done={n for n in alone if n not in failures}, started=started, finished=finished)
     wall = time.time() - t0
     echo(f"notebooks: {len(chosen) - len(failures)} of {len(chosen)} ran in {wall:.0f} s"
          + (f" ({jobs} at a time after {', '.join(alone)})" if together else ""))
@@ -544,14 +544,17 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
     return status
 
 
-def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, started, finished) -> None:
+def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, done, started, finished) -> None:
     """Execute ``names`` in ``jobs`` worker processes, each page once the pages it
-    :func:`waits_for` have finished; a page whose prerequisite failed is not run."""
+    :func:`waits_for` have finished (``done``: those finished already); a page whose
+    prerequisite failed is not run."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    done, waiting, running = set(), list(names), {}
+    # pages that others wait for first, so the waiting ones start as early as they can
+    needed = {n for name in names for n in waits_for(name, list(chosen))}
+    done, waiting, running = set(done), sorted(names, key=lambda n: (n not in needed, n)), {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
             for name in list(waiting):
