@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -618,22 +619,38 @@ def _order(root: Path) -> dict[str, dict]:
 def test_jobs_run_language_model_pages_alone_then_the_rest_after_the_pages_they_read(tmp_path):
     import os
 
-    from trajlib.paper.book import BUILD_FILE, runtime_table
+    from trajlib.paper.book import BUILD_FILE, runtime_table, usable_cores
 
     _stamping_layout(tmp_path)
     log: list[str] = []
     assert reproduce(preset="ci", root=tmp_path, build=False, jobs=2, echo=log.append) == 0
     runs = _order(tmp_path)
     assert set(runs) == {"01-a", "02-b", "04-lm", "06-c", "11-e", "12-d"}
-    assert runs["04-lm"]["omp"] == os.environ.get("OMP_NUM_THREADS")  # alone: the build's own setting
-    assert all(runs[p]["start"] >= runs["04-lm"]["end"] for p in runs if p != "04-lm")
+    # alone, on the build's own setting: 04 (a language-model page) and 11, which reads its runs
+    assert runs["04-lm"]["omp"] == runs["11-e"]["omp"] == os.environ.get("OMP_NUM_THREADS")
+    assert runs["11-e"]["start"] >= runs["04-lm"]["end"]
+    assert all(runs[p]["start"] >= runs["11-e"]["end"] for p in runs if p not in ("04-lm", "11-e"))
     assert runs["12-d"]["start"] >= max(runs["01-a"]["end"], runs["02-b"]["end"])
-    one_job = str(max(1, (os.cpu_count() or 1) // 2))
-    assert {runs[p]["omp"] for p in ("01-a", "02-b", "06-c", "11-e", "12-d")} == {one_job}
+    one_job = str(max(1, usable_cores() // 2))
+    assert {runs[p]["omp"] for p in ("01-a", "02-b", "06-c", "12-d")} == {one_job}
     info = json.loads((tmp_path / "book" / "figures" / BUILD_FILE).read_text())
     assert info["jobs"] == 2 and info["notebooks"] == 6 and info["wall_seconds"] > 0
+    assert info["alone"] == ["04-lm", "11-e"] and info["threads"] == int(one_job)
     table = runtime_table(Layout(tmp_path))
-    assert "ran 2 at a time after the language-model pages" in table and table.count("| `") == 6
+    assert f"The pages on {one_job} thread(s) ran 2 at a time after 04, 11" in table and table.count("| `") == 6
+    assert "notebooks: 6 of 6 ran" in "\n".join(log)
+    reproduce(preset="ci", root=tmp_path, build=False, jobs=2, only=["01"], echo=log.append)
+    assert not (tmp_path / "book" / "figures" / BUILD_FILE).exists()  # a partial build leaves no build record
+
+
+def test_pages_that_could_train_the_same_runs_never_run_together(tmp_path):
+    """06 and 12 both read page 02's runs; with 02 not selected either could train them, so the
+    scheduler never runs them side by side (01 runs beside one of them)."""
+    _stamping_layout(tmp_path)
+    assert reproduce(preset="ci", root=tmp_path, build=False, jobs=2, only=["01", "06", "12"], echo=lambda m: None) == 0
+    runs = _order(tmp_path)
+    first, second = sorted((runs["06-c"], runs["12-d"]), key=lambda r: r["start"])
+    assert second["start"] >= first["end"]
 
 
 def test_a_page_whose_prerequisite_failed_is_not_run_and_is_named(tmp_path):
@@ -644,7 +661,15 @@ def test_a_page_whose_prerequisite_failed_is_not_run_and_is_named(tmp_path):
     assert "01-a: cell" in text and "RuntimeError: boom" in text
     assert "12-d: not run: it reads the runs of 01-a, which failed" in text
     assert set(_order(tmp_path)) == {"02-b", "04-lm", "06-c", "11-e"}  # 01-a raised before stamping
-    assert "2 notebook(s) failed" in text
+    assert "2 notebook(s) failed" in text and "notebooks: 4 of 6 ran" in text
+
+
+def test_a_failed_language_model_page_skips_the_pages_that_read_it_on_one_job_too(tmp_path):
+    _stamping_layout(tmp_path, failing="04-lm")
+    log: list[str] = []
+    assert reproduce(preset="ci", root=tmp_path, build=False, keep_going=True, echo=log.append) == 1
+    assert "11-e: not run: it reads the runs of 04-lm, which failed" in "\n".join(log)
+    assert set(_order(tmp_path)) == {"01-a", "02-b", "06-c", "12-d"}
 
 
 def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
@@ -654,7 +679,7 @@ def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
     names = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
     assert run_plan(names, 1) == (names, [])
     alone, together = run_plan(names, 2)
-    assert [n[:2] for n in alone] == list(EXCLUSIVE) and set(alone) | set(together) == set(names)
+    assert [n[:2] for n in alone] == [*EXCLUSIVE, "11"] and set(alone) | set(together) == set(names)
     reads = {}
     for name in names:
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -664,8 +689,11 @@ def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
         pages = [v for k, v in scope.items() if k.endswith("_page")] + list(scope.get("pages", []))
         for preset in load_presets(REPO / "notebooks" / "presets.yml").values():
             pages += list(preset.get(name, {}).get("pages", []))
-        reads[name] = {p[:2] for p in pages}
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        pages += re.findall(r'name="(\d\d)-', code)  # runs trained under another page's name
+        reads[name] = {p[:2] for p in pages} - {name[:2]}
     assert reads["05-qkv"] == {"04"} and reads["12-generalisation-redundancy"] >= {"01", "02", "10"}
+    assert reads["06-oscillation-theory"] == reads["10-optimizers"] == {"02"}
     for name, needed in reads.items():
         assert needed <= {w[:2] for w in waits_for(name, names)}, name
     from trajlib.paper.scale_families import families
@@ -674,20 +702,29 @@ def test_the_pages_each_page_waits_for_cover_the_runs_it_reads():
     assert shared == {"04"} and set(AFTER["11"]) >= shared  # page 11 reuses page 04's vision panel
 
 
-def test_the_fixed_rate_check_shares_the_run_of_the_width_whose_rate_it_fixes(tmp_path):
-    """The widest fixed-rate run has the family's own config (so it is reused, not retrained);
-    unset, the fixed rate is base_lr, and the narrow runs differ from the family's."""
-    from trajlib.paper.runs import _run_dir, fixed_rate_family, width_scaled_rate
+def test_the_fixed_rate_check_shares_the_run_of_the_width_whose_rate_it_fixes(tmp_path, monkeypatch):
+    """Through language_models itself: with fixed_lr_at = 256 the fixed-rate family's width-256
+    run has the family's own run folder (reused, not retrained) and its width-32 run does not;
+    unset, every fixed-rate run trains at base_lr."""
+    from trajlib.paper import runs as R
 
-    family = {"base_lr": 1e-3, "base_width": 64, "lr_width_exponent": 0.5, "fixed_lr_widths": [32, 256],
-              "widths": [32, 64, 128, 256], "fixed_lr_at": 256}
-    config = lambda w, lr: {"task": "char_lm", "width": w, "seed": 0, "lr": lr}  # noqa: E731
-    fixed = fixed_rate_family(family)
-    assert fixed["widths"] == [32, 256] and fixed["lr_width_exponent"] == 0.0
-    lr = {w: width_scaled_rate(w, **{k: fixed[k] for k in ("base_lr", "base_width", "lr_width_exponent")}) for w in (32, 256)}
-    scaled = {w: width_scaled_rate(w, **{k: family[k] for k in ("base_lr", "base_width", "lr_width_exponent")})
-              for w in (32, 256)}
-    assert lr[32] == lr[256] == scaled[256] == 5e-4
-    assert _run_dir(tmp_path, "04-scale", config(256, lr[256])) == _run_dir(tmp_path, "04-scale", config(256, scaled[256]))
-    assert _run_dir(tmp_path, "04-scale", config(32, lr[32])) != _run_dir(tmp_path, "04-scale", config(32, scaled[32]))
-    assert fixed_rate_family({**family, "fixed_lr_at": None})["base_lr"] == 1e-3
+    dirs: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(run_dir, config):  # what run_char_lm would look up on disk: stop before training
+        dirs.setdefault(tag, {})[config["width"]] = (run_dir, config["lr"])
+        raise Stop
+
+    monkeypatch.setattr(R, "_cached", record)
+    p = {"source": "tiny", "seeds": 1, "widths": [32, 64, 128, 256], "layers": 2, "heads": 2, "context": 16,
+         "steps": 3, "batch_size": 2, "base_lr": 1e-3, "base_width": 64, "lr_width_exponent": 0.5,
+         "fixed_lr_widths": [32, 256], "fixed_lr_at": 256, "weight_decay": 0.1, "record_every": 1, "device": "cpu"}
+    for tag, params in (("family", p), ("fixed", R.fixed_rate_family(p)), ("base", R.fixed_rate_family({**p, "fixed_lr_at": None}))):
+        for w in params["widths"]:
+            with pytest.raises(Stop):
+                R.language_models({**params, "widths": [w]}, groups=["all"], runs_dir=tmp_path)
+    assert dirs["fixed"][256] == dirs["family"][256]
+    assert dirs["fixed"][32][0] != dirs["family"][32][0] and dirs["fixed"][32][1] == dirs["family"][256][1] == 5e-4
+    assert {lr for _, lr in dirs["base"].values()} == {1e-3}

@@ -87,3 +87,11 @@ def test_compare_builds_names_identical_pages_differences_and_provenance(tmp_pat
     assert "values.x" in text and "provenance.threads.torch_intra_op" in text and "shown" in text
     (first / "02-b.json").unlink()
     assert compare_builds(first, second, rtol=1e-12, echo=log.append) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    log.clear()
+    assert compare_builds(empty, empty, echo=log.append) == 1  # nothing compared is not a pass
+    assert "no results JSON with parameters, values or claims" in "\n".join(log)
+    (second / "01-a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="01-a.json: not a results JSON"):
+        compare_builds(first, second, echo=log.append)

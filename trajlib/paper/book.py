@@ -132,30 +132,60 @@ def execute(name: str, source: Path, layout: Layout, preset: str, threads: int |
 
 
 # Pages that train language models run alone, on every core: their matrix products use them all.
-# The other pages train small models on digits that run as fast on one core as on two, so with
+# The other pages train small digits models that gain little from a second thread, so with
 # ``jobs`` > 1 that many of them run at once, each kernel on cores // jobs threads.
 EXCLUSIVE = ("04", "05")
-# A page starts only after the pages whose runs it reads or shares (05 and 11 page 04's, 08 page
-# 02's, 12 the digits runs of its ``pages``), so two kernels never train the same run.
-AFTER = {"05": ("04",), "08": ("02",), "11": ("04",), "12": ("01", "02", "03", "07", "09", "10")}
+# The pages whose runs a page reads or trains again under their name (05 and 11 page 04's, 06, 08
+# and 10 page 02's, 12 the digits runs of its ``pages``): it starts only after those pages, and
+# never beside another page that could train the same runs, so two kernels never write one run.
+AFTER = {"05": ("04",), "06": ("02",), "08": ("02",), "10": ("02",), "11": ("04",),
+         "12": ("01", "02", "03", "07", "09", "10")}
 
 
 def _number(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def run_plan(names: list[str], jobs: int) -> tuple[list[str], list[str]]:
-    """(pages run one at a time on every core, in order; pages run ``jobs`` at a time): with one
-    job every page is in the first list, in name order."""
+    """(pages run one at a time on every core, in order; pages run ``jobs`` at a time). With one
+    job every page is in the first list. Otherwise the first holds the :data:`EXCLUSIVE` pages and
+    the pages that read their runs (those runs' numbers follow the thread count they were trained
+    with, and a page's results record its own)."""
     if jobs <= 1:
         return list(names), []
-    alone = [n for n in names if _number(n) in EXCLUSIVE]
+    alone = [n for n in names if _number(n) in EXCLUSIVE
+             or set(AFTER.get(_number(n), ())) & set(EXCLUSIVE)]
     return alone, [n for n in names if n not in alone]
 
 
 def waits_for(name: str, names: list[str]) -> list[str]:
     """The pages among ``names`` that ``name`` reads runs of."""
     return [n for n in names if _number(n) in AFTER.get(_number(name), ())]
+
+
+def _clashes(name: str, running: list[str], done: set[str]) -> bool:
+    """Whether ``name`` could train a run that a running page could also train: both read the
+    runs of a page that has not finished here (one not selected: its runs may not exist yet)."""
+    pending = set(AFTER.get(_number(name), ())) - {_number(d) for d in done}
+    return any(pending & ({_number(r)} | set(AFTER.get(_number(r), ()))) for r in running)
+
+
+def _execute_in_worker(name, source, layout, preset, threads) -> tuple[bool, float, str]:
+    """:func:`execute` in a pool worker: whatever goes wrong comes back as a failure naming the
+    page (an exception that cannot be pickled would break the pool)."""
+    t0 = time.time()
+    try:
+        return execute(name, source, layout, preset, threads, False)
+    except BaseException as exc:  # noqa: BLE001 - reported, never raised across the process boundary
+        return False, time.time() - t0, f"{name}: {type(exc).__name__}: {exc}"
 
 
 # How the kernel that executes a page renders its figures: PNG at twice the figure's dpi, with the
@@ -447,15 +477,17 @@ def runtime_table(layout: Layout) -> str:
         row["seconds"] = f"{row['seconds']:.0f}"
     rows.append({"notebook": "**total**", "preset": "", "seeds": "", "threads": "", "seconds": f"**{total:.0f}**",
                  "share": ""})
-    text = (_markdown(rows) + f"\n\nMeasured on {os.cpu_count()} cores ({platform.machine()}) by the build that "
+    info = _read_json(layout.figures / BUILD_FILE)
+    cores = info.get("cores") or usable_cores()
+    text = (_markdown(rows) + f"\n\nMeasured on {cores} cores ({platform.machine()}) by the build that "
             "made these pages; a page whose runs were already on disk reuses them and shows only its analysis time. "
             "Seeds are the page's own seed parameters (05 trains its deeper model on `deep_seeds` and reads page "
             "04's runs).")
-    info = _read_json(layout.figures / BUILD_FILE)
     if info.get("jobs", 1) > 1:
-        text += (f" The pages on one thread ran {info['jobs']} at a time after the language-model pages "
-                 f"({', '.join(EXCLUSIVE)}), which ran alone on every core: the {info['notebooks']} notebooks took "
-                 f"{info['wall_seconds']:.0f} s of wall time, against {total:.0f} s summed above.")
+        text += (f" The pages on {info['threads']} thread(s) ran {info['jobs']} at a time after "
+                 f"{', '.join(_number(n) for n in info['alone'])}, which ran alone on every core: the "
+                 f"{info['notebooks']} notebooks took {info['wall_seconds']:.0f} s of wall time, against "
+                 f"{total:.0f} s summed above.")
     elif info:
         text += f" The {info['notebooks']} notebooks ran one after another in {info['wall_seconds']:.0f} s."
     return text + "\n"
@@ -497,16 +529,20 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
               build: bool = True, root: str | Path | None = None, jobs: int = 1, echo=print) -> int:
     """Execute the selected notebooks at ``preset``, then build the book. Returns an exit status
     (0 only if every notebook ran and the book built). ``jobs`` > 1: the language-model pages
-    run first, alone; then up to ``jobs`` other pages at once (:func:`run_plan`)."""
+    run first, alone; then up to ``jobs`` other pages at once (:func:`run_plan`). A page whose
+    prerequisite (:data:`AFTER`) failed is not run."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: expected at least 1")
     layout = Layout(Path(root) if root else Path.cwd())
     chosen = select(layout, only)
+    (layout.figures / BUILD_FILE).unlink(missing_ok=True)  # it describes a full build; this one is not yet
     t0 = time.time()
     alone, together = run_plan(list(chosen), jobs)
+    threads = max(1, usable_cores() // jobs)
     failures: dict[str, str] = {}
+    ran: set[str] = set()
     counter = iter(range(1, len(chosen) + 1))
 
     def started(name, threads=None):
@@ -515,24 +551,29 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
 
     def finished(name, ok, sec, msg):
         echo(f"{name}: {'ok' if ok else 'FAILED'} in {sec:.0f} s")
-        if not ok:
+        if ok:
+            ran.add(name)
+        else:
             failures[name] = msg
             echo(f"  {msg}")
 
     for name in alone:
         if failures and not keep_going:
             break
-        started(name)
-        finished(name, *execute(name, chosen[name], layout, preset))
+        if _prerequisites_ran(name, list(chosen), failures):
+            started(name)
+            finished(name, *execute(name, chosen[name], layout, preset))
     if together and (keep_going or not failures):
-        _run_together(together, chosen, layout, preset, jobs=jobs, keep_going=keep_going, failures=failures,
-                      done={n for n in alone if n not in failures}, started=started, finished=finished)
+        _run_together(together, chosen, layout, preset, jobs=jobs, threads=threads, keep_going=keep_going,
+                      failures=failures, done=set(ran), started=started, finished=finished)
     wall = time.time() - t0
-    echo(f"notebooks: {len(chosen) - len(failures)} of {len(chosen)} ran in {wall:.0f} s"
-         + (f" ({jobs} at a time after {', '.join(alone)})" if together else ""))
+    how = f" ({jobs} at a time on {threads} thread(s) each" + (f", after {', '.join(alone)} alone)" if alone else ")")
+    echo(f"notebooks: {len(ran)} of {len(chosen)} ran in {wall:.0f} s" + (how if together else ""))
     if only is None and not failures:
         atomic_write(layout.figures / BUILD_FILE, json.dumps(
-            {"jobs": jobs, "wall_seconds": round(wall, 1), "notebooks": len(chosen), "preset": preset}).encode())
+            {"jobs": jobs, "threads": threads if together else None, "alone": alone if together else [],
+             "cores": usable_cores(), "wall_seconds": round(wall, 1), "notebooks": len(chosen),
+             "preset": preset}).encode())
     write_ledger(layout)
     status = 1 if failures else 0
     if failures:
@@ -544,14 +585,23 @@ def reproduce(*, preset: str = "laptop", only: list[str] | None = None, keep_goi
     return status
 
 
-def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, done, started, finished) -> None:
-    """Execute ``names`` in ``jobs`` worker processes, each page once the pages it
-    :func:`waits_for` have finished (``done``: those finished already); a page whose
-    prerequisite failed is not run."""
+def _prerequisites_ran(name: str, names: list[str], failures: dict[str, str]) -> bool:
+    """False (and ``name`` recorded as not run) when a page it reads the runs of failed."""
+    failed = [n for n in waits_for(name, names) if n in failures]
+    if failed:
+        failures[name] = f"{name}: not run: it reads the runs of {', '.join(failed)}, which failed"
+    return not failed
+
+
+def _run_together(names, chosen, layout, preset, *, jobs, threads, keep_going, failures, done, started,
+                  finished) -> None:
+    """Execute ``names`` in ``jobs`` worker processes on ``threads`` threads each, each page once
+    the pages it :func:`waits_for` have finished (``done``: those finished already) and never
+    beside a page it :func:`_clashes` with; a page whose prerequisite failed is not run."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     # pages that others wait for first, so the waiting ones start as early as they can
     needed = {n for name in names for n in waits_for(name, list(chosen))}
     done, waiting, running = set(done), sorted(names, key=lambda n: (n not in needed, n)), {}
@@ -560,14 +610,19 @@ def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, 
             for name in list(waiting):
                 if len(running) >= jobs or (failures and not keep_going):
                     break
-                needs = waits_for(name, list(chosen))
-                if any(n in failures for n in needs):
+                if not _prerequisites_ran(name, list(chosen), failures):
                     waiting.remove(name)
-                    failures[name] = f"{name}: not run: it reads the runs of {', '.join(n for n in needs if n in failures)}, which failed"
-                elif all(n in done for n in needs):
+                elif all(n in done for n in waits_for(name, list(chosen))) and not _clashes(
+                        name, list(running.values()), done):
                     waiting.remove(name)
                     started(name, threads)
-                    running[pool.submit(execute, name, chosen[name], layout, preset, threads, False)] = name
+                    try:
+                        future = pool.submit(_execute_in_worker, name, chosen[name], layout, preset, threads)
+                    except BrokenProcessPool as exc:
+                        finished(name, False, 0.0, f"{name}: not run: the worker pool broke ({exc})")
+                        waiting.clear()
+                        break
+                    running[future] = name
             if failures and not keep_going:
                 waiting.clear()
             if not running:
@@ -579,7 +634,8 @@ def _run_together(names, chosen, layout, preset, *, jobs, keep_going, failures, 
                 name = running.pop(future)
                 try:
                     ok, sec, msg = future.result()
-                except Exception as exc:  # the worker died (killed, out of memory): name the page
-                    ok, sec, msg = False, 0.0, f"{name}: its worker failed: {type(exc).__name__}: {exc}"
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
+                    ok, sec, msg = False, 0.0, f"{name}: its worker died ({exc})"
+                    waiting.clear()
                 finished(name, ok, sec, msg)
                 done.add(name)

@@ -90,7 +90,9 @@ def rerun_pages(names: list[str], *, published: Path, repo, preset: str | None, 
         (layout.results / f"{name}.json").unlink()
         page_preset = preset or doc["preset"]
         echo(f"{name}: executing at the {page_preset} preset in {work} ...")
-        threads = doc.get("provenance", {}).get("threads", {}).get("torch_intra_op")  # as published
+        threads = ((doc.get("provenance") or {}).get("threads") or {}).get("torch_intra_op")  # as published
+        echo(f"{name}: {threads} thread(s), as published" if threads else f"{name}: no thread count published; "
+             "torch's default")
         ok, seconds, message = execute(name, source, layout, page_preset, threads)
         if not ok:
             raise RuntimeError(message)
@@ -172,25 +174,37 @@ def compare_builds(first: str | Path, second: str | Path, *, rtol: float = 0.0, 
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no results folder")
     a, b = ({p.stem for p in f.glob("*.json")} for f in (first, second))
-    rows, failed = [], 0
+    rows, failed, compared = [], 0, 0
     for name in sorted(a | b):
         if name not in a or name not in b:
             failed += 1
             echo(f"{name}: only in {first if name in a else second}")
             continue
         raw_a, raw_b = (f / f"{name}.json" for f in (first, second))
-        docs = [json.loads(p.read_text()) for p in (raw_a, raw_b)]
+        docs = [_load(p) for p in (raw_a, raw_b)]
         diffs = compare(name, *docs, rtol=rtol, atol=atol)
+        compared += len(diffs)
         bad = [d for d in diffs if not d.ok]
-        env = [Difference(name, k, v, w, None, True) for k, v in leaves(docs[0].get("provenance"), "provenance").items()
-               if (w := leaves(docs[1].get("provenance"), "provenance").get(k, "(absent)")) != v]
+        env_a, env_b = (leaves(d.get("provenance"), "provenance") for d in docs)
+        env = [Difference(name, k, env_a.get(k, "(absent)"), env_b.get(k, "(absent)"), None, True)
+               for k in [*env_a, *(k for k in env_b if k not in env_a)] if env_a.get(k, "(absent)") != env_b.get(k, "(absent)")]
         failed += len(bad)
         rows += bad + env
         same = raw_a.read_bytes() == raw_b.read_bytes()
         echo(f"{name}: {'byte-identical, ' if same else ''}{len(diffs)} fields compared, {len(bad)} differ"
              + (f", {len(env)} provenance field(s) differ" if env else ""))
+    if not compared:
+        failed += 1
+        echo(f"no results JSON with parameters, values or claims in {first} and {second}")
     if rows:
         echo(table(rows, sides=("first", "second")))
     echo(f"compare: {'ok' if not failed else f'{failed} difference(s)'} "
          f"(|second − first| ≤ {atol:g} + {rtol:g}·|first|)")
     return 1 if failed else 0
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a results JSON ({exc})") from None
