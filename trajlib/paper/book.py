@@ -72,7 +72,7 @@ def select(layout: Layout, only: list[str] | None) -> dict[str, Path]:
         return nbs
     chosen = {}
     for name in only:
-        match = [k for k in nbs if k == name or k.split("-", 1)[0] == name]
+        match = [k for k in nbs if k == name or _number(k) == name]
         if not match:
             raise ValueError(f"unknown notebook {name!r}; valid: {', '.join(nbs)}")
         chosen[match[0]] = nbs[match[0]]
@@ -246,7 +246,7 @@ def margin_table(path: Path) -> str:
         measured = {"seeds": str(r["n"]), "held": str(r["held"]), "mean margin": f"{r['mean']:+.4f}",
                     "smallest": f"{r['min']:+.4f}", "z = mean / sd": f"{r['z']:.1f}"} if r else \
             {"seeds": "not measured", "held": "—", "mean margin": "—", "smallest": "—", "z = mean / sd": "—"}
-        rows.append({"check": f"`{c.name}`", "page": c.notebook.split("-")[0], "statement": c.statement,
+        rows.append({"check": f"`{c.name}`", "page": _number(c.notebook), "statement": c.statement,
                      **measured, "asserted on every ci seed": "yes" if trusted(r) else "no"})
     return (_markdown(rows) + f"\n\nA check is asserted when it held on every one of at least {MIN_SEEDS} seeds "
             f"and its mean margin is at least {Z_MIN:g} standard deviations above zero.\n")
